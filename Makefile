@@ -1,0 +1,25 @@
+# Fresh machine: `make test` and `make demo` create .venv and install into it on first use.
+PY := .venv/bin/python
+export LORA_LAB_ASSETS ?= $(abspath ../shared)
+
+.PHONY: test demo lint table clean
+
+.venv/installed: pyproject.toml
+	python3 -m venv .venv
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q torch==2.13.0   # CPU build from local disk here; unpinned torch pulls GBs of CUDA
+	$(PY) -m pip install -q -e '.[dev]'
+	touch $@
+
+test: .venv/installed
+	$(PY) -m pytest -q tests
+
+demo: .venv/installed
+	$(PY) -m lora_lab.params model=distilbert
+
+lint: .venv/installed
+	$(PY) -m ruff check lora_lab tests
+	$(PY) -m ruff format --check lora_lab tests
+
+clean:
+	rm -rf outputs multirun .pytest_cache

@@ -1,0 +1,22 @@
+"""The Hydra config tree in conf/: where it lives, its resolvers, and composing it from Python."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+
+from hydra import compose as hydra_compose
+from hydra import initialize_config_dir
+from omegaconf import DictConfig, OmegaConf
+
+CONF_DIR = Path(__file__).resolve().parent.parent / "conf"
+
+# alpha defaults to 2 * rank: `alpha: ${mul:2,${rank}}` in config.yaml.
+if not OmegaConf.has_resolver("mul"):
+    OmegaConf.register_new_resolver("mul", lambda a, b: a * b)
+
+
+def compose(overrides: Sequence[str] = ()) -> DictConfig:
+    """The config `python -m lora_lab.run <overrides>` would see, without running anything."""
+    with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
+        return hydra_compose(config_name="config", overrides=list(overrides))

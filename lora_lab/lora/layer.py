@@ -1,0 +1,107 @@
+"""The LoRA layer: a frozen linear map plus a trainable low-rank update.
+
+    y = W0 x + b + s * B A dropout(x),   s = alpha / r   (or alpha / sqrt(r) with rsLoRA)
+
+A is (r, d_in), B is (d_out, r). B starts at zero, so a freshly wrapped model computes exactly what the
+base model computed. The shapes and initialisation follow PEFT's defaults so that adapters can be moved
+between the two implementations unchanged.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from transformers.pytorch_utils import Conv1D
+
+INITS = ("kaiming", "gaussian")
+
+
+def linear_shape(module: nn.Module) -> tuple[int, int]:
+    """(d_in, d_out) of an nn.Linear or a transformers Conv1D (GPT-2 stores its weight as (d_in, d_out))."""
+    if isinstance(module, nn.Linear):
+        return module.in_features, module.out_features
+    if isinstance(module, Conv1D):
+        d_in, d_out = module.weight.shape
+        return d_in, d_out
+    raise TypeError(f"LoRA wraps nn.Linear or Conv1D, not {type(module).__name__}")
+
+
+class LoRALinear(nn.Module):
+    """Wraps a Linear/Conv1D; only `lora_A` and `lora_B` are meant to train."""
+
+    def __init__(
+        self,
+        base_layer: nn.Module,
+        rank: int,
+        alpha: float,
+        dropout: float = 0.0,
+        use_rslora: bool = False,
+        init: str = "kaiming",
+    ) -> None:
+        super().__init__()
+        d_in, d_out = linear_shape(base_layer)
+        check_hyperparameters(rank, alpha, dropout, d_in, d_out, init)
+        self.base_layer = base_layer
+        self.fan_in_fan_out = isinstance(base_layer, Conv1D)
+        self.rank, self.alpha, self.dropout, self.use_rslora = rank, alpha, dropout, use_rslora
+        self.scaling = alpha / math.sqrt(rank) if use_rslora else alpha / rank
+        weight = base_layer.weight
+        self.lora_A = nn.Parameter(torch.empty(rank, d_in, dtype=weight.dtype, device=weight.device))
+        self.lora_B = nn.Parameter(torch.zeros(d_out, rank, dtype=weight.dtype, device=weight.device))
+        if init == "kaiming":  # PEFT's default: what nn.Linear would do for a (r, d_in) weight
+            nn.init.kaiming_uniform_(self.lora_A, a=math.sqrt(5))
+        else:
+            nn.init.normal_(self.lora_A, std=1 / rank)
+        self.merged = False
+        self.enabled = True
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        y = self.base_layer(x)
+        if self.merged or not self.enabled:
+            return y
+        h = F.dropout(x, self.dropout, self.training) if self.dropout > 0 else x
+        h = h.to(self.lora_A.dtype)
+        return y + (h @ self.lora_A.T @ self.lora_B.T * self.scaling).to(y.dtype)
+
+    def delta_weight(self) -> torch.Tensor:
+        """s * B A laid out like the base weight, computed in fp32 for an accurate merge."""
+        delta = (self.lora_B.float() @ self.lora_A.float()) * self.scaling
+        return delta.T if self.fan_in_fan_out else delta
+
+    @torch.no_grad()
+    def merge(self) -> None:
+        """Fold the update into W0 (in W0's dtype): inference then costs what the base costs."""
+        if not self.merged:
+            weight = self.base_layer.weight
+            weight += self.delta_weight().to(weight.dtype)
+            self.merged = True
+
+    @torch.no_grad()
+    def unmerge(self) -> None:
+        if self.merged:
+            weight = self.base_layer.weight
+            weight -= self.delta_weight().to(weight.dtype)
+            self.merged = False
+
+    def extra_repr(self) -> str:
+        return f"rank={self.rank}, alpha={self.alpha}, dropout={self.dropout}, scaling={self.scaling:g}"
+
+
+def check_hyperparameters(rank: int, alpha: float, dropout: float, d_in: int, d_out: int, init: str) -> None:
+    """Reject settings that would silently train nothing or blow up, with the fix in the message."""
+    if not isinstance(rank, int) or rank <= 0:
+        raise ValueError(f"rank must be a positive integer, got {rank!r}; use e.g. rank=8")
+    if rank > min(d_in, d_out):
+        raise ValueError(
+            f"rank={rank} exceeds min(d_in, d_out)={min(d_in, d_out)} of a {d_in}x{d_out} layer; "
+            f"use rank <= {min(d_in, d_out)}"
+        )
+    if not alpha > 0:
+        raise ValueError(f"alpha must be > 0, got {alpha!r}; the usual choice is alpha=2*rank")
+    if not 0 <= dropout < 1:
+        raise ValueError(f"dropout must be in [0, 1), got {dropout!r}")
+    if init not in INITS:
+        raise ValueError(f"init must be one of {INITS}, got {init!r}")

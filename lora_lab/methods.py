@@ -1,0 +1,94 @@
+"""The fine-tuning methods behind one interface: `prepare` a model, `save` what a run keeps.
+
+head_only trains the classification head; lora adds low-rank adapters (ours or PEFT's, by `impl`) and
+trains the head in full beside them; full trains everything.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+
+from omegaconf import DictConfig, ListConfig
+from peft import LoraConfig, PeftModel, TaskType, get_peft_model
+from torch import nn
+
+from lora_lab import lora
+from lora_lab.lora.inject import name_matches
+from lora_lab.models import family_of
+
+KINDS = ("head_only", "lora", "full")
+IMPLS = ("ours", "peft")
+TARGET_LABELS = {"qv": "Q+V", "attn": "All Attention", "attn_ffn": "All Attention+FFN"}
+
+
+def targets_of(model: nn.Module, targets: str | Sequence[str]) -> str | list[str]:
+    """A preset name (qv, attn, attn_ffn) resolved for this model's family, or explicit names / a regex."""
+    if isinstance(targets, (list, tuple, ListConfig)):
+        return list(targets)
+    if targets in TARGET_LABELS:
+        return list(family_of(model).targets[targets])
+    return targets  # "all-linear" or a regex
+
+
+def row_label(cfg: DictConfig) -> str:
+    """The reference table's name for a configuration, e.g. "Q+V (r=8)"."""
+    kind = cfg.method.kind
+    if kind == "head_only":
+        return "Classification Head Only"
+    if kind == "full":
+        return "Full Fine-Tuning"
+    targets = cfg.method.targets
+    name = TARGET_LABELS.get(targets, targets if isinstance(targets, str) else "+".join(targets))
+    return f"{name} (r={cfg.rank})"
+
+
+def check(cfg: DictConfig) -> None:
+    if cfg.method.kind not in KINDS:
+        raise ValueError(f"method.kind={cfg.method.kind!r} is not one of {KINDS}")
+    if cfg.method.kind == "lora" and cfg.impl not in IMPLS:
+        raise ValueError(f"impl={cfg.impl!r} is not one of {IMPLS}; use impl=ours or impl=peft")
+
+
+def prepare(model: nn.Module, cfg: DictConfig) -> nn.Module:
+    """Set which parameters train (and add adapters) according to `cfg.method`; returns the model to train."""
+    check(cfg)
+    kind = cfg.method.kind
+    if kind == "full":
+        return model.requires_grad_(True)
+    family = family_of(model)
+    if kind == "head_only":
+        model.requires_grad_(False)
+        for name, module in model.named_modules():
+            if name_matches(name, family.head):
+                module.requires_grad_(True)
+        return model
+    targets = targets_of(model, cfg.method.targets)
+    saved = list(family.lora_modules_to_save)
+    if cfg.impl == "ours":
+        return lora.apply_lora(
+            model, targets, cfg.rank, cfg.alpha, cfg.dropout, modules_to_save=saved, use_rslora=cfg.use_rslora
+        )
+    if targets == "all-linear":  # PEFT's all-linear would also catch pre_classifier; give it our resolved list
+        targets = lora.resolve_targets(model, targets)
+    config = LoraConfig(
+        task_type=TaskType.SEQ_CLS,
+        r=cfg.rank,
+        lora_alpha=cfg.alpha,
+        lora_dropout=cfg.dropout,
+        target_modules=targets,
+        modules_to_save=saved,
+        use_rslora=cfg.use_rslora,
+        bias="none",
+    )
+    return get_peft_model(model, config)
+
+
+def save(model: nn.Module, path: Path, base_name: str) -> Path | None:
+    """Save a LoRA run's adapter in PEFT format; head-only and full runs keep nothing large."""
+    if isinstance(model, PeftModel):
+        model.save_pretrained(path)
+        return path
+    if hasattr(model, "lora_config"):
+        return lora.save_adapter(model, path, base_model_name_or_path=base_name)
+    return None

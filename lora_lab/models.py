@@ -1,0 +1,115 @@
+"""Backbones as sequence classifiers, and which of their modules each ablation row adapts.
+
+A model config names a Hub id (and optionally a folder under the asset root) and either loads the
+pretrained weights or builds the architecture from its config alone (random init: enough for parameter
+counts and tests, and needs no download).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from omegaconf import DictConfig, OmegaConf
+from torch import nn
+from transformers import AutoConfig, AutoModelForSequenceClassification, AutoTokenizer, PreTrainedTokenizerBase
+
+from lora_lab import assets
+
+
+@dataclass(frozen=True)
+class Family:
+    """Module names of one architecture family, as PEFT-style name suffixes."""
+
+    targets: dict[str, tuple[str, ...]]  # LoRA target presets: qv, attn, attn_ffn
+    head: tuple[str, ...]  # what head-only trains
+    lora_modules_to_save: tuple[str, ...]  # trained in full beside LoRA (what PEFT's SEQ_CLS task type trains)
+
+
+_BERT_ATTN = ("query", "key", "value", "attention.output.dense")
+_BERT_LIKE = Family(
+    targets={
+        "qv": ("query", "value"),
+        "attn": _BERT_ATTN,
+        "attn_ffn": (*_BERT_ATTN, "intermediate.dense", "output.dense"),
+    },
+    head=("classifier",),
+    lora_modules_to_save=("classifier",),
+)
+_LLAMA_ATTN = ("q_proj", "k_proj", "v_proj", "o_proj")
+_LLAMA_LIKE = Family(
+    targets={
+        "qv": ("q_proj", "v_proj"),
+        "attn": _LLAMA_ATTN,
+        "attn_ffn": (*_LLAMA_ATTN, "gate_proj", "up_proj", "down_proj"),
+    },
+    head=("score",),
+    lora_modules_to_save=("score",),
+)
+
+FAMILIES: dict[str, Family] = {
+    "distilbert": Family(
+        targets={
+            "qv": ("q_lin", "v_lin"),
+            "attn": ("q_lin", "k_lin", "v_lin", "out_lin"),
+            "attn_ffn": ("q_lin", "k_lin", "v_lin", "out_lin", "lin1", "lin2"),
+        },
+        head=("classifier",),
+        # The reference counts include pre_classifier: PEFT's SEQ_CLS rule "classifier" matches it by suffix.
+        lora_modules_to_save=("pre_classifier", "classifier"),
+    ),
+    "bert": _BERT_LIKE,
+    "roberta": _BERT_LIKE,
+    "xlm-roberta": _BERT_LIKE,
+    "llama": _LLAMA_LIKE,
+    "qwen2": _LLAMA_LIKE,
+    "mistral": _LLAMA_LIKE,
+    # GPT-2 fuses q, k and v into one Conv1D (c_attn): "qv" adapts all three, the closest it allows.
+    "gpt2": Family(
+        targets={"qv": ("c_attn",), "attn": ("c_attn", "attn.c_proj"), "attn_ffn": ("c_attn", "c_proj", "c_fc")},
+        head=("score",),
+        lora_modules_to_save=("score",),
+    ),
+}
+
+
+def family_of(model: nn.Module) -> Family:
+    model_type = model.config.model_type
+    if model_type not in FAMILIES:
+        raise ValueError(
+            f"no target presets for model_type {model_type!r} (known: {sorted(FAMILIES)}); "
+            "give explicit module names instead, e.g. method.targets=[q_proj,v_proj]"
+        )
+    return FAMILIES[model_type]
+
+
+def load_tokenizer(cfg: DictConfig) -> PreTrainedTokenizerBase:
+    """The model's tokenizer (or `cfg.tokenizer`'s, for random-init test models), with a pad token."""
+    src = cfg.tokenizer or cfg
+    source = assets.resolve(src.name, src.get("local"))
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(source)
+    except OSError as err:
+        raise FileNotFoundError(f"tokenizer for model {src.name!r}: {assets.describe_lookup(src.name, src.get('local'))}") from err
+    if tokenizer.pad_token is None:  # decoder LLMs ship without one; pad with end-of-sequence
+        tokenizer.pad_token = tokenizer.eos_token
+    return tokenizer
+
+
+def load_model(cfg: DictConfig, num_labels: int = 2, pad_token_id: int | None = None) -> nn.Module:
+    """A sequence classifier: pretrained weights when `cfg.pretrained`, else random init from the config."""
+    overrides = OmegaConf.to_container(cfg.config, resolve=True) if cfg.get("config") else {}
+    source = assets.resolve(cfg.name, cfg.get("local"))
+    try:
+        if cfg.pretrained:
+            model = AutoModelForSequenceClassification.from_pretrained(source, num_labels=num_labels, **overrides)
+        else:
+            if cfg.get("model_type"):
+                config = AutoConfig.for_model(cfg.model_type, num_labels=num_labels, **overrides)
+            else:
+                config = AutoConfig.from_pretrained(source, num_labels=num_labels, **overrides)
+            model = AutoModelForSequenceClassification.from_config(config)
+    except OSError as err:
+        raise FileNotFoundError(f"model {cfg.name!r}: {assets.describe_lookup(cfg.name, cfg.get('local'))}") from err
+    if pad_token_id is not None and model.config.pad_token_id is None:
+        model.config.pad_token_id = pad_token_id  # decoders pool on the last non-pad token
+    return model

@@ -1,0 +1,62 @@
+"""Trainable-parameter counts, and the reference table's seven rows computed for ours and PEFT.
+
+    python -m lora_lab.params model=distilbert
+
+builds each row's model from its config alone (random init, no download) and counts.
+"""
+
+from __future__ import annotations
+
+import sys
+from collections.abc import Sequence
+
+from torch import nn
+
+from lora_lab import config, methods, models
+
+ROWS = ("head_only", "qv_r4", "qv_r8", "qv_r16", "attn_r8", "attn_ffn_r8", "full")
+
+
+def count(model: nn.Module) -> tuple[int, int]:
+    """(trainable, total_base): total_base counts the base model once, without LoRA weights or PEFT's
+    saved copies of modules_to_save, so "trainable %" means the same for every method and impl."""
+    trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
+    base = 0
+    for name, p in model.named_parameters():
+        parts = name.split(".")
+        if "modules_to_save" in parts or any(part.startswith("lora_") for part in parts):
+            continue
+        base += p.numel()
+    return trainable, base
+
+
+def row_counts(overrides: Sequence[str] = ()) -> list[dict]:
+    """One dict per reference row: label and (trainable, total_base) for ours and for PEFT."""
+    rows = []
+    for row in ROWS:
+        cfg = config.compose([*overrides, f"method={row}", "model.pretrained=false"])
+        counts = {}
+        for impl in methods.IMPLS:
+            cfg.impl = impl
+            counts[impl] = count(methods.prepare(models.load_model(cfg.model), cfg))
+        rows.append({"label": methods.row_label(cfg), **counts})
+    return rows
+
+
+def format_table(rows: list[dict]) -> str:
+    head = "| Configuration | Trainable (ours) | % (ours) | Trainable (PEFT) | % (PEFT) |"
+    lines = [head, "|---|---:|---:|---:|---:|"]
+    for r in rows:
+        cells = [f"{r[i][0]:,} | {100 * r[i][0] / r[i][1]:.2f}%" for i in methods.IMPLS]
+        lines.append(f"| {r['label']} | {' | '.join(cells)} |")
+    base = rows[0]["ours"][1]
+    lines.append(f"\nBase model parameters (the % denominator): {base:,}")
+    return "\n".join(lines)
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    print(format_table(row_counts(sys.argv[1:] if argv is None else argv)))
+
+
+if __name__ == "__main__":
+    main()
