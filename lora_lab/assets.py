@@ -18,7 +18,7 @@ def asset_root() -> Path | None:
 
 
 def resolve(hub_id: str, local: str | None) -> str:
-    """A local path when `local` exists under the asset root (or `hub_id` is itself a path), else the Hub id."""
+    """The folder under the asset root when it exists, else `hub_id` (a Hub id or a path of its own)."""
     root = asset_root()
     if local and root is not None and (root / local).exists():
         return str(root / local)

@@ -69,7 +69,9 @@ def prepare(model: nn.Module, cfg: DictConfig) -> nn.Module:
         return lora.apply_lora(
             model, targets, cfg.rank, cfg.alpha, cfg.dropout, modules_to_save=saved, use_rslora=cfg.use_rslora
         )
-    if targets == "all-linear":  # PEFT's all-linear would also catch pre_classifier; give it our resolved list
+    if (
+        targets == "all-linear"
+    ):  # PEFT's all-linear would also catch pre_classifier; give it our resolved list
         targets = lora.resolve_targets(model, targets)
     config = LoraConfig(
         task_type=TaskType.SEQ_CLS,

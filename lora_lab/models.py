@@ -11,7 +11,12 @@ from dataclasses import dataclass
 
 from omegaconf import DictConfig, OmegaConf
 from torch import nn
-from transformers import AutoConfig, AutoModelForSequenceClassification, AutoTokenizer, PreTrainedTokenizerBase
+from transformers import (
+    AutoConfig,
+    AutoModelForSequenceClassification,
+    AutoTokenizer,
+    PreTrainedTokenizerBase,
+)
 
 from lora_lab import assets
 
@@ -22,7 +27,9 @@ class Family:
 
     targets: dict[str, tuple[str, ...]]  # LoRA target presets: qv, attn, attn_ffn
     head: tuple[str, ...]  # what head-only trains
-    lora_modules_to_save: tuple[str, ...]  # trained in full beside LoRA (what PEFT's SEQ_CLS task type trains)
+    lora_modules_to_save: tuple[
+        str, ...
+    ]  # trained in full beside LoRA (what PEFT's SEQ_CLS task type trains)
 
 
 _BERT_ATTN = ("query", "key", "value", "attention.output.dense")
@@ -65,7 +72,11 @@ FAMILIES: dict[str, Family] = {
     "mistral": _LLAMA_LIKE,
     # GPT-2 fuses q, k and v into one Conv1D (c_attn): "qv" adapts all three, the closest it allows.
     "gpt2": Family(
-        targets={"qv": ("c_attn",), "attn": ("c_attn", "attn.c_proj"), "attn_ffn": ("c_attn", "c_proj", "c_fc")},
+        targets={
+            "qv": ("c_attn",),
+            "attn": ("c_attn", "attn.c_proj"),
+            "attn_ffn": ("c_attn", "c_proj", "c_fc"),
+        },
         head=("score",),
         lora_modules_to_save=("score",),
     ),
@@ -89,7 +100,9 @@ def load_tokenizer(cfg: DictConfig) -> PreTrainedTokenizerBase:
     try:
         tokenizer = AutoTokenizer.from_pretrained(source)
     except OSError as err:
-        raise FileNotFoundError(f"tokenizer for model {src.name!r}: {assets.describe_lookup(src.name, src.get('local'))}") from err
+        raise FileNotFoundError(
+            f"tokenizer for model {src.name!r}: {assets.describe_lookup(src.name, src.get('local'))}"
+        ) from err
     if tokenizer.pad_token is None:  # decoder LLMs ship without one; pad with end-of-sequence
         tokenizer.pad_token = tokenizer.eos_token
     return tokenizer
@@ -101,7 +114,9 @@ def load_model(cfg: DictConfig, num_labels: int = 2, pad_token_id: int | None = 
     source = assets.resolve(cfg.name, cfg.get("local"))
     try:
         if cfg.pretrained:
-            model = AutoModelForSequenceClassification.from_pretrained(source, num_labels=num_labels, **overrides)
+            model = AutoModelForSequenceClassification.from_pretrained(
+                source, num_labels=num_labels, **overrides
+            )
         else:
             if cfg.get("model_type"):
                 config = AutoConfig.for_model(cfg.model_type, num_labels=num_labels, **overrides)
@@ -109,7 +124,9 @@ def load_model(cfg: DictConfig, num_labels: int = 2, pad_token_id: int | None = 
                 config = AutoConfig.from_pretrained(source, num_labels=num_labels, **overrides)
             model = AutoModelForSequenceClassification.from_config(config)
     except OSError as err:
-        raise FileNotFoundError(f"model {cfg.name!r}: {assets.describe_lookup(cfg.name, cfg.get('local'))}") from err
+        raise FileNotFoundError(
+            f"model {cfg.name!r}: {assets.describe_lookup(cfg.name, cfg.get('local'))}"
+        ) from err
     if pad_token_id is not None and model.config.pad_token_id is None:
         model.config.pad_token_id = pad_token_id  # decoders pool on the last non-pad token
     return model

@@ -1,4 +1,4 @@
-"""In-house LoRA: the layer, injection by module name, merge/unmerge/disable, and PEFT-format adapter files."""
+"""In-house LoRA: the layer, injection by module name, merge/unmerge/disable, PEFT-format adapter files."""
 
 from lora_lab.lora.adapter_io import load_adapter, save_adapter
 from lora_lab.lora.inject import apply_lora, disable, lora_layers, merge, resolve_targets, unmerge

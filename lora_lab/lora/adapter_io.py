@@ -36,7 +36,9 @@ def adapter_state_dict(model: nn.Module) -> dict[str, torch.Tensor]:
     return state
 
 
-def save_adapter(model: nn.Module, path: str | os.PathLike, base_model_name_or_path: str | None = None) -> Path:
+def save_adapter(
+    model: nn.Module, path: str | os.PathLike, base_model_name_or_path: str | None = None
+) -> Path:
     """Write the adapter of a model prepared by `apply_lora`; returns the directory."""
     if not hasattr(model, "lora_config"):
         raise ValueError("model has no LoRA adapter; call lora_lab.lora.apply_lora first")
@@ -70,7 +72,9 @@ def load_adapter(model: nn.Module, path: str | os.PathLike) -> nn.Module:
     """Apply the adapter saved in `path` (by us or by PEFT) to a plain base model and load its weights."""
     path = Path(path)
     if not (path / CONFIG_FILE).is_file() or not (path / WEIGHTS_FILE).is_file():
-        raise FileNotFoundError(f"{path} is not an adapter directory (needs {CONFIG_FILE} and {WEIGHTS_FILE})")
+        raise FileNotFoundError(
+            f"{path} is not an adapter directory (needs {CONFIG_FILE} and {WEIGHTS_FILE})"
+        )
     config = json.loads((path / CONFIG_FILE).read_text())
     if config.get("peft_type") != "LORA":
         raise ValueError(f"{path} holds a {config.get('peft_type')} adapter; only LORA is supported")
@@ -93,9 +97,10 @@ def load_adapter(model: nn.Module, path: str | os.PathLike) -> nn.Module:
     missing = sorted(set(expected) - set(saved))
     unexpected = sorted(set(saved) - set(expected))
     if missing or unexpected:
-        raise ValueError(f"adapter in {path} does not fit this model: missing {missing[:3]}, unexpected {unexpected[:3]}")
+        raise ValueError(
+            f"adapter in {path} does not fit this model: missing {missing[:3]}, unexpected {unexpected[:3]}"
+        )
     with torch.no_grad():
         for key, tensor in expected.items():
             tensor.copy_(saved[key])
     return model
-

@@ -1,0 +1,68 @@
+"""Shared fixtures: tiny random models of each family, and the real assets in ../shared when present."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+import torch
+from transformers import (
+    AutoModelForSequenceClassification,
+    BertConfig,
+    DistilBertConfig,
+    GPT2Config,
+    LlamaConfig,
+)
+
+from lora_lab.models import FAMILIES
+
+REPO = Path(__file__).resolve().parent.parent
+ASSETS = Path(os.environ.get("LORA_LAB_ASSETS", REPO.parent / "shared"))
+MINILM = ASSETS / "models" / "all-MiniLM-L6-v2"
+IMDB = ASSETS / "data" / "imdb"
+
+if os.environ.get("CI") and not ASSETS.is_dir():
+    raise RuntimeError(f"CI must run with the shared assets at {ASSETS}; tests that need them would skip")
+
+requires_assets = pytest.mark.skipif(not ASSETS.is_dir(), reason=f"shared assets not found at {ASSETS}")
+
+TINY_CONFIGS = {
+    "distilbert": DistilBertConfig(vocab_size=100, dim=32, hidden_dim=64, n_layers=2, n_heads=2),
+    "bert": BertConfig(
+        vocab_size=100, hidden_size=32, num_hidden_layers=2, num_attention_heads=2, intermediate_size=64
+    ),
+    "llama": LlamaConfig(
+        vocab_size=100,
+        hidden_size=32,
+        intermediate_size=64,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        pad_token_id=0,
+    ),
+    "gpt2": GPT2Config(vocab_size=100, n_embd=32, n_layer=2, n_head=2, n_positions=64, pad_token_id=0),
+}
+
+
+def tiny_model(family: str, seed: int = 0) -> torch.nn.Module:
+    torch.manual_seed(seed)
+    config = TINY_CONFIGS[family]
+    config.num_labels = 2
+    return AutoModelForSequenceClassification.from_config(config)
+
+
+def batch(seed: int = 0, vocab: int = 100, n: int = 4, length: int = 12) -> dict[str, torch.Tensor]:
+    """Token ids that avoid 0 (the pad id of the decoder configs), with a right-padded second row."""
+    g = torch.Generator().manual_seed(seed)
+    ids = torch.randint(1, vocab, (n, length), generator=g)
+    mask = torch.ones_like(ids)
+    mask[1, -3:] = 0
+    ids[1, -3:] = 0
+    return {"input_ids": ids, "attention_mask": mask, "labels": torch.tensor([0, 1] * (n // 2))}
+
+
+@pytest.fixture(params=sorted(TINY_CONFIGS))
+def family(request) -> str:
+    assert request.param in FAMILIES
+    return request.param
