@@ -8,7 +8,7 @@ export LORA_LAB_ASSETS ?= $(abspath ../shared)
 	python3 -m venv .venv
 	$(PY) -m pip install -q --upgrade pip
 	$(PY) -m pip install -q torch==2.13.0   # CPU build from local disk here; unpinned torch pulls GBs of CUDA
-	$(PY) -m pip install -q -e '.[dev]'
+	$(PY) -m pip install -q -e '.[dev,slurm,joblib]'
 	touch $@
 
 test: .venv/installed
@@ -16,6 +16,7 @@ test: .venv/installed
 
 demo: .venv/installed
 	$(PY) -m lora_lab.params model=distilbert
+	$(PY) -m lora_lab.run experiment=smoke force=true results_dir=outputs/demo
 
 lint: .venv/installed
 	$(PY) -m ruff check lora_lab tests

@@ -17,8 +17,16 @@ def asset_root() -> Path | None:
     return Path(root).expanduser() if root else None
 
 
+def is_path(name: str) -> bool:
+    """Hub ids are "name" or "org/name"; anything else (or anything that exists on disk) is a local path."""
+    return name.startswith((".", "/", "~")) or name.count("/") > 1 or Path(name).expanduser().exists()
+
+
 def resolve(hub_id: str, local: str | None) -> str:
-    """The folder under the asset root when it exists, else `hub_id` (a Hub id or a path of its own)."""
+    """`hub_id` itself when it is a path; else the folder `local` under the asset root when that exists;
+    else the Hub id."""
+    if is_path(hub_id):
+        return str(Path(hub_id).expanduser())
     root = asset_root()
     if local and root is not None and (root / local).exists():
         return str(root / local)

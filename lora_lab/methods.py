@@ -6,9 +6,11 @@ trains the head in full beside them; full trains everything.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from pathlib import Path
 
+import torch
 from omegaconf import DictConfig, ListConfig
 from peft import LoraConfig, PeftModel, TaskType, get_peft_model
 from torch import nn
@@ -66,12 +68,17 @@ def prepare(model: nn.Module, cfg: DictConfig) -> nn.Module:
     targets = targets_of(model, cfg.method.targets)
     saved = list(family.lora_modules_to_save)
     if cfg.impl == "ours":
-        return lora.apply_lora(
+        model = lora.apply_lora(
             model, targets, cfg.rank, cfg.alpha, cfg.dropout, modules_to_save=saved, use_rslora=cfg.use_rslora
         )
-    if (
-        targets == "all-linear"
-    ):  # PEFT's all-linear would also catch pre_classifier; give it our resolved list
+    else:
+        model = _peft_model(model, targets, saved, cfg)
+    return _seed_lora_a(model, cfg.seed)
+
+
+def _peft_model(model: nn.Module, targets: str | list[str], saved: list[str], cfg: DictConfig) -> PeftModel:
+    # PEFT's own all-linear would also catch pre_classifier (a head module); give it our resolved list.
+    if targets == "all-linear":
         targets = lora.resolve_targets(model, targets)
     config = LoraConfig(
         task_type=TaskType.SEQ_CLS,
@@ -84,6 +91,19 @@ def prepare(model: nn.Module, cfg: DictConfig) -> nn.Module:
         bias="none",
     )
     return get_peft_model(model, config)
+
+
+def _seed_lora_a(model: nn.Module, seed: int) -> nn.Module:
+    """Draw every lora_A again from one seeded stream, in module order, so ours and PEFT start identical
+    (PEFT consumes the global RNG differently while building its layers). B stays zero."""
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if "lora_A" in name:
+                init = torch.empty(p.shape)
+                nn.init.kaiming_uniform_(init, a=math.sqrt(5), generator=g)
+                p.copy_(init)
+    return model
 
 
 def save(model: nn.Module, path: Path, base_name: str) -> Path | None:

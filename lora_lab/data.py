@@ -1,0 +1,181 @@
+"""IMDB from the Hub, a parquet folder or an original aclImdb/ folder: subsets, a tokenisation cache, batches.
+
+Tokenised subsets are cached on disk under a key made of the tokenizer's content, max_length and the texts
+themselves, so every job of a sweep after the first loads them instead of tokenising again.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import re
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import torch
+from omegaconf import DictConfig
+from tqdm.auto import tqdm
+from transformers import PreTrainedTokenizerBase
+
+from lora_lab import assets
+from lora_lab.atomic import write_atomic
+
+SPLITS = ("train", "test")
+COLUMNS = ("text", "label")
+
+
+def load_imdb(cfg: DictConfig) -> dict[str, pd.DataFrame]:
+    """{"train": frame, "test": frame} with columns text (str) and label (int)."""
+    source = assets.resolve(cfg.source, cfg.get("local"))
+    if Path(source).is_dir():
+        frames = _read_folder(Path(source))
+    elif assets.is_path(source):
+        raise FileNotFoundError(
+            f"data.source={source!r} does not exist; point it at a parquet or aclImdb folder"
+        )
+    else:
+        frames = _read_hub(cfg.source, cfg.get("local"))
+    for split, frame in frames.items():
+        missing = [c for c in COLUMNS if c not in frame.columns]
+        if missing:
+            raise ValueError(
+                f"data.source={source!r}: the {split} split has no column(s) {missing} "
+                f"(found {list(frame.columns)}); IMDB-style data needs 'text' and 'label'"
+            )
+        frames[split] = frame[list(COLUMNS)].astype({"label": "int64"}).reset_index(drop=True)
+    return frames
+
+
+def _read_folder(path: Path) -> dict[str, pd.DataFrame]:
+    if all((path / f"{s}.parquet").is_file() for s in SPLITS):
+        return {s: pd.read_parquet(path / f"{s}.parquet") for s in SPLITS}
+    if all((path / s / "pos").is_dir() for s in SPLITS):
+        return {s: _read_aclimdb_split(path / s) for s in SPLITS}
+    raise FileNotFoundError(
+        f"{path} holds neither train.parquet/test.parquet nor an aclImdb layout (train/pos, train/neg, ...)"
+    )
+
+
+def _read_aclimdb_split(path: Path) -> pd.DataFrame:
+    """The original release: <split>/{neg,pos}/<id>_<stars>.txt, ordered like the Hub's copy."""
+    rows = []
+    for label, name in enumerate(("neg", "pos")):
+        files = sorted((path / name).glob("*.txt"), key=lambda f: int(re.match(r"\d+", f.name).group()))
+        rows += [(f.read_text(encoding="utf-8"), label) for f in files]
+    return pd.DataFrame(rows, columns=list(COLUMNS))
+
+
+def _read_hub(dataset_id: str, local: str | None) -> dict[str, pd.DataFrame]:
+    import datasets  # imported here: it is slow to import and only this path needs it
+
+    try:
+        ds = datasets.load_dataset(dataset_id)
+    except Exception as err:  # the Hub raises many types (connection, not found, offline mode)
+        raise FileNotFoundError(f"data {dataset_id!r}: {assets.describe_lookup(dataset_id, local)}") from err
+    return {s: ds[s].to_pandas() for s in SPLITS}
+
+
+def subset(frame: pd.DataFrame, size: int | None, seed: int, key: str) -> pd.DataFrame:
+    """A stratified, seeded subset of `size` rows (all rows, in order, when size is None)."""
+    if size is None:
+        return frame
+    if not 0 < size <= len(frame):
+        raise ValueError(
+            f"data.{key}={size} but the split has {len(frame)} examples; use 1..{len(frame)} or null"
+        )
+    rng = np.random.default_rng(seed)
+    shares = frame["label"].value_counts(normalize=True).sort_index()
+    counts = np.floor(shares.to_numpy() * size).astype(int)
+    counts[np.argsort(-(shares.to_numpy() * size - counts))[: size - counts.sum()]] += 1  # largest remainders
+    picked = [
+        rng.choice(np.flatnonzero(frame["label"].to_numpy() == label), n, replace=False)
+        for label, n in zip(shares.index, counts, strict=True)
+    ]
+    return frame.iloc[rng.permutation(np.concatenate(picked))].reset_index(drop=True)
+
+
+@dataclass
+class Encoded:
+    """Token ids of a split stored flat (ids[offsets[i]:offsets[i+1]] is example i), with labels."""
+
+    ids: torch.Tensor
+    offsets: torch.Tensor
+    labels: torch.Tensor
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+    @property
+    def lengths(self) -> torch.Tensor:
+        return self.offsets[1:] - self.offsets[:-1]
+
+
+def tokenize(
+    frame: pd.DataFrame, tokenizer: PreTrainedTokenizerBase, max_length: int, cache_dir: str | Path
+) -> Encoded:
+    """Token ids for `frame`, from the on-disk cache when this exact tokenisation was done before."""
+    digest = hashlib.sha256()
+    digest.update(_tokenizer_fingerprint(tokenizer).encode())
+    digest.update(str(max_length).encode())
+    for text in frame["text"]:
+        digest.update(text.encode())
+        digest.update(b"\0")
+    digest.update(frame["label"].to_numpy().tobytes())
+    path = Path(cache_dir).expanduser() / f"tokens-{digest.hexdigest()[:24]}.pt"
+    if path.is_file():
+        return Encoded(**torch.load(path))
+    texts = frame["text"].tolist()
+    pieces = []
+    for start in tqdm(range(0, len(texts), 1000), desc="tokenising", unit="k reviews", leave=False):
+        out = tokenizer(texts[start : start + 1000], truncation=True, max_length=max_length)
+        pieces += out["input_ids"]
+    lengths = torch.tensor([len(p) for p in pieces])
+    encoded = Encoded(
+        ids=torch.tensor([t for p in pieces for t in p], dtype=torch.int32),
+        offsets=torch.cat([torch.zeros(1, dtype=torch.long), lengths.cumsum(0)]),
+        labels=torch.tensor(frame["label"].to_numpy(), dtype=torch.long),
+    )
+    path.parent.mkdir(parents=True, exist_ok=True)
+    write_atomic(path, lambda tmp: torch.save(vars(encoded), tmp))
+    return encoded
+
+
+def _tokenizer_fingerprint(tokenizer: PreTrainedTokenizerBase) -> str:
+    backend = getattr(tokenizer, "backend_tokenizer", None)
+    body = backend.to_str() if backend is not None else repr(sorted(tokenizer.get_vocab().items()))
+    return f"{type(tokenizer).__name__}:{tokenizer.padding_side}:{hashlib.sha256(body.encode()).hexdigest()}"
+
+
+def batches(
+    data: Encoded, batch_size: int, pad_id: int, shuffle: bool, seed: int = 0, pad_left: bool = False
+) -> Iterator[dict[str, torch.Tensor]]:
+    """Padded batches. Training (shuffle): shuffled, then grouped by length within windows of 50 batches so
+    padding stays small but order stays random. Evaluation: sorted by length, longest first."""
+    lengths = data.lengths
+    if shuffle:
+        g = torch.Generator().manual_seed(seed)
+        order = torch.randperm(len(data), generator=g)
+        window = batch_size * 50
+        chunks = [order[i : i + window] for i in range(0, len(order), window)]
+        order = torch.cat([c[torch.argsort(lengths[c], descending=True, stable=True)] for c in chunks])
+        groups = list(order.split(batch_size))
+        groups = [groups[i] for i in torch.randperm(len(groups), generator=g)]
+    else:
+        groups = list(torch.argsort(lengths, descending=True, stable=True).split(batch_size))
+    for idx in groups:
+        yield collate(data, idx, pad_id, pad_left)
+
+
+def collate(data: Encoded, idx: torch.Tensor, pad_id: int, pad_left: bool = False) -> dict[str, torch.Tensor]:
+    """Pad the examples `idx` to the longest among them."""
+    lengths = data.lengths[idx]
+    width = int(lengths.max())
+    input_ids = torch.full((len(idx), width), pad_id, dtype=torch.long)
+    mask = torch.zeros((len(idx), width), dtype=torch.long)
+    for row, (i, n) in enumerate(zip(idx.tolist(), lengths.tolist(), strict=True)):
+        cols = slice(width - n, width) if pad_left else slice(0, n)
+        input_ids[row, cols] = data.ids[data.offsets[i] : data.offsets[i] + n]
+        mask[row, cols] = 1
+    return {"input_ids": input_ids, "attention_mask": mask, "labels": data.labels[idx]}

@@ -1,0 +1,133 @@
+"""The Hydra entry point: config in, one run record out.
+
+python -m lora_lab.run experiment=smoke
+python -m lora_lab.run -m rank=4,8,16 model=minilm data.train_size=200 data.eval_size=200
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import sys
+import time
+
+import hydra
+import torch
+from omegaconf import DictConfig
+
+from lora_lab import config, data, methods, models, params, store
+from lora_lab.train import NonFiniteLoss, fit
+
+
+def run(cfg: DictConfig) -> dict | None:
+    """Train and evaluate one configuration and store its record; None when it was already complete."""
+    methods.check(cfg)
+    name = store.run_name(cfg)
+    path = store.run_dir(cfg) / f"{name}.json"
+    previous = store.read(path)
+    if previous and previous.get("status") == "complete" and not cfg.force:
+        print(f"[lora-lab] {name}: complete already, skipped (force=true reruns it)")
+        return None
+    if cfg.trainer.num_threads:
+        torch.set_num_threads(cfg.trainer.num_threads)
+
+    # Model and method first: they check rank, alpha, dropout and targets before any data is read.
+    tokenizer = models.load_tokenizer(cfg.model)
+    torch.manual_seed(cfg.seed)  # the new head's init: the same for every method and impl
+    model = models.load_model(cfg.model, pad_token_id=tokenizer.pad_token_id)
+    model = methods.prepare(model, cfg)
+    trainable, total = params.count(model)
+    frames = data.load_imdb(cfg.data)
+    train_set = data.tokenize(
+        data.subset(frames["train"], cfg.data.train_size, cfg.seed, "train_size"),
+        tokenizer,
+        cfg.data.max_length,
+        cfg.data.cache_dir,
+    )
+    eval_set = data.tokenize(
+        data.subset(frames["test"], cfg.data.eval_size, cfg.seed, "eval_size"),
+        tokenizer,
+        cfg.data.max_length,
+        cfg.data.cache_dir,
+    )
+    label = methods.row_label(cfg)
+    impl = cfg.impl if cfg.method.kind == "lora" else None
+    print(
+        f"[lora-lab] {name}: {label}, impl={impl}, trainable {trainable:,} of {total:,} "
+        f"({100 * trainable / total:.2f}%), {len(train_set)} train / {len(eval_set)} eval examples"
+    )
+
+    record = {
+        "name": name,
+        "experiment": cfg.experiment_name,
+        "label": label,
+        "method": cfg.method.kind,
+        "targets": cfg.method.targets if cfg.method.kind == "lora" else None,
+        "rank": cfg.rank if cfg.method.kind == "lora" else None,
+        "impl": impl,
+        "seed": cfg.seed,
+        "model": cfg.model.name,
+        "trainable_params": trainable,
+        "total_params": total,
+        "trainable_pct": 100 * trainable / total,
+        "train_examples": len(train_set),
+        "eval_examples": len(eval_set),
+        "config": store.resolved(cfg),
+        **store.provenance(),
+    }
+    with store.wandb_run(cfg, name) as wandb:
+        started = time.time()
+        try:
+            metrics = fit(
+                model,
+                train_set,
+                eval_set,
+                cfg.trainer,
+                cfg.method.lr,
+                cfg.seed,
+                tokenizer.pad_token_id,
+                pad_left=tokenizer.padding_side == "left",
+            )
+            record.update(metrics, status="complete")
+        except NonFiniteLoss as err:
+            record.update(status="failed", reason=str(err))
+        record["finished_at"] = time.strftime("%Y-%m-%dT%H:%M:%S%z")
+        record["wall_s"] = time.time() - started
+        if record["status"] == "complete" and cfg.trainer.save_adapter:
+            record["adapter_bytes"] = save_adapter(model, path.with_suffix(""), cfg.model.name)
+        if wandb is not None:
+            summary = {k: v for k, v in record.items() if isinstance(v, (int, float, str)) and k != "config"}
+            for step, loss in enumerate(record.get("train_loss_curve", [])):
+                wandb.log({"train/loss": loss}, step=step * cfg.trainer.log_every)
+            wandb.summary.update(summary)
+    store.write(path, record)
+    result = f"accuracy {record['accuracy']:.4f}" if record["status"] == "complete" else record["reason"]
+    print(f"[lora-lab] {name}: {record['status']}: {result} -> {path}")
+    return record
+
+
+def save_adapter(model: torch.nn.Module, folder, base_name: str) -> int | None:
+    """Save a LoRA adapter next to its record (replacing any older one); its size in bytes."""
+    tmp = folder.with_name(folder.name + ".partial")
+    shutil.rmtree(tmp, ignore_errors=True)
+    if methods.save(model, tmp, base_name) is None:
+        return None
+    shutil.rmtree(folder, ignore_errors=True)
+    tmp.rename(folder)
+    return sum(f.stat().st_size for f in folder.rglob("*") if f.is_file())
+
+
+@hydra.main(config_path=str(config.CONF_DIR), config_name="config", version_base="1.3")
+def main(cfg: DictConfig) -> float | None:
+    try:
+        record = run(cfg)
+    except (ValueError, FileNotFoundError) as err:
+        if os.environ.get("HYDRA_FULL_ERROR") == "1":
+            raise
+        print(f"error: {err}  (HYDRA_FULL_ERROR=1 shows the traceback)", file=sys.stderr)
+        sys.exit(2)
+    return record.get("accuracy") if record else None
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,118 @@
+"""The run store: one JSON record per run under results/<experiment>/runs/, plus optional wandb logging.
+
+A run's name comes from what it computes (its resolved config minus settings that do not change the
+result), so rerunning a sweep finds the runs already complete and skips them.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import platform
+import subprocess
+from collections.abc import Iterator
+from contextlib import contextmanager
+from importlib.metadata import version
+from pathlib import Path
+
+from omegaconf import DictConfig, OmegaConf
+
+from lora_lab.atomic import write_text_atomic
+
+# Settings that change how a run is shown or stored, not what it computes.
+NOT_IDENTITY = ("force", "logger", "results_dir")
+NOT_IDENTITY_TRAINER = ("progress", "save_adapter", "num_threads", "device")
+LIBRARIES = ("torch", "transformers", "peft", "datasets", "hydra-core")
+
+
+def resolved(cfg: DictConfig) -> dict:
+    return OmegaConf.to_container(cfg, resolve=True)
+
+
+def run_name(cfg: DictConfig) -> str:
+    """e.g. qv_r8-ours-seed0-1a2b3c4d: readable prefix, hash of everything that shapes the result."""
+    identity = {k: v for k, v in resolved(cfg).items() if k not in NOT_IDENTITY}
+    identity["trainer"] = {k: v for k, v in identity["trainer"].items() if k not in NOT_IDENTITY_TRAINER}
+    digest = hashlib.sha256(json.dumps(identity, sort_keys=True).encode()).hexdigest()[:8]
+    kind = cfg.method.kind
+    row = (
+        kind
+        if kind != "lora"
+        else f"{cfg.method.targets if isinstance(cfg.method.targets, str) else 'custom'}_r{cfg.rank}"
+    )
+    impl = cfg.impl if kind == "lora" else "none"
+    return f"{row}-{impl}-seed{cfg.seed}-{digest}"
+
+
+def run_dir(cfg: DictConfig) -> Path:
+    return Path(cfg.results_dir) / cfg.experiment_name / "runs"
+
+
+def read(path: Path) -> dict | None:
+    try:
+        return json.loads(path.read_text())
+    except (FileNotFoundError, json.JSONDecodeError):
+        return None
+
+
+def write(path: Path, record: dict) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    return write_text_atomic(path, json.dumps(record, indent=2, sort_keys=True) + "\n")
+
+
+def provenance() -> dict:
+    """Library versions, git commit and machine, so a number can be traced to the code that made it."""
+    try:
+        commit = subprocess.run(
+            ["git", "rev-parse", "HEAD"],
+            capture_output=True,
+            text=True,
+            check=True,
+            cwd=Path(__file__).resolve().parent,
+        ).stdout.strip()
+        dirty = bool(
+            subprocess.run(
+                ["git", "status", "--porcelain", "--untracked-files=no"],
+                capture_output=True,
+                text=True,
+                cwd=Path(__file__).resolve().parent,
+            ).stdout.strip()
+        )
+    except (OSError, subprocess.CalledProcessError):
+        commit, dirty = None, None
+    return {
+        "versions": {lib: version(lib) for lib in LIBRARIES},
+        "git_commit": commit,
+        "git_dirty": dirty,
+        "python": platform.python_version(),
+        "machine": f"{platform.machine()}, {os.cpu_count()} cpus",
+    }
+
+
+@contextmanager
+def wandb_run(cfg: DictConfig, name: str) -> Iterator[object | None]:
+    """A wandb run for this job when `logger.wandb`, finished on exit; offline when not logged in."""
+    if not cfg.logger.wandb:
+        yield None
+        return
+    import wandb  # imported here: slow to import, and only this path needs it
+
+    mode = cfg.logger.mode or ("online" if wandb.api.api_key else "offline")
+    folder = Path(cfg.results_dir) / cfg.experiment_name
+    folder.mkdir(parents=True, exist_ok=True)
+    run = wandb.init(
+        project=cfg.logger.project,
+        entity=cfg.logger.entity,
+        group=cfg.logger.group,
+        name=name,
+        id=None,
+        config=resolved(cfg),
+        dir=str(folder),
+        mode=mode,
+        reinit="finish_previous",
+    )
+    try:
+        yield run
+    finally:
+        run.finish()

@@ -1,0 +1,173 @@
+"""One training and evaluation loop for every method: AdamW, linear warmup/decay, clipping, bf16 on CUDA."""
+
+from __future__ import annotations
+
+import math
+import resource
+import sys
+import time
+
+import torch
+from omegaconf import DictConfig
+from torch import nn
+from tqdm.auto import tqdm
+
+from lora_lab.data import Encoded, batches
+
+
+class NonFiniteLoss(RuntimeError):
+    """The loss became NaN or inf: the run is recorded as failed and the sweep goes on."""
+
+
+def pick_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name == "cuda" and not torch.cuda.is_available():
+        raise ValueError("trainer.device=cuda but no CUDA device is visible; use trainer.device=cpu or auto")
+    return torch.device(name)
+
+
+def optimizer_for(
+    model: nn.Module, lr: float, weight_decay: float, device: torch.device
+) -> torch.optim.AdamW:
+    """AdamW over the trainable parameters; matrices decay, biases and norms do not."""
+    params = [p for p in model.parameters() if p.requires_grad]
+    groups = [
+        {"params": [p for p in params if p.dim() >= 2], "weight_decay": weight_decay},
+        {"params": [p for p in params if p.dim() < 2], "weight_decay": 0.0},
+    ]
+    return torch.optim.AdamW(groups, lr=lr, fused=device.type == "cuda")
+
+
+def linear_schedule(
+    optimizer: torch.optim.Optimizer, warmup: int, total: int
+) -> torch.optim.lr_scheduler.LambdaLR:
+    def factor(step: int) -> float:
+        if step < warmup:
+            return (step + 1) / warmup
+        return max(0.0, (total - step) / max(1, total - warmup))
+
+    return torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
+
+
+def fit(
+    model: nn.Module,
+    train: Encoded,
+    evaluation: Encoded,
+    cfg: DictConfig,
+    lr: float,
+    seed: int,
+    pad_id: int,
+    pad_left: bool = False,
+) -> dict:
+    """Train `model` on `train`, evaluate on `evaluation`; returns the metrics a run record keeps.
+
+    `cfg` is the trainer config. Raises NonFiniteLoss when the loss stops being finite.
+    """
+    device = pick_device(cfg.device)
+    model.to(device)
+    autocast = torch.autocast("cuda", dtype=torch.bfloat16, enabled=device.type == "cuda")
+    steps_per_epoch = math.ceil(len(train) / cfg.batch_size)
+    total = (
+        steps_per_epoch * cfg.epochs
+        if cfg.max_steps is None
+        else min(cfg.max_steps, steps_per_epoch * cfg.epochs)
+    )
+    optimizer = optimizer_for(model, lr, cfg.weight_decay, device)
+    schedule = linear_schedule(optimizer, round(cfg.warmup_ratio * total), total)
+    trainable = [p for p in model.parameters() if p.requires_grad]
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(device)
+
+    torch.manual_seed(seed)  # dropout draws start from the same state for every method and impl
+    losses, window, step, seen = [], [], 0, 0
+    bar = tqdm(total=total, desc="train", unit="step", disable=not cfg.progress, file=sys.stderr)
+    start = time.perf_counter()
+    model.train()
+    for epoch in range(cfg.epochs):
+        for batch in batches(
+            train, cfg.batch_size, pad_id, shuffle=True, seed=seed + epoch, pad_left=pad_left
+        ):
+            if step == total:
+                break
+            batch = {k: v.to(device, non_blocking=True) for k, v in batch.items()}
+            with autocast:
+                loss = model(**batch).loss
+            if not torch.isfinite(loss):
+                raise NonFiniteLoss(
+                    f"loss became {loss.item()} at step {step}; lower method.lr or check the data"
+                )
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_(trainable, cfg.grad_clip)
+            optimizer.step()
+            schedule.step()
+            optimizer.zero_grad(set_to_none=True)
+            step, seen = step + 1, seen + len(batch["labels"])
+            window.append(loss.item())
+            if len(window) == cfg.log_every or step == total:
+                losses.append(sum(window) / len(window))
+                bar.set_postfix(loss=f"{losses[-1]:.4f}", epoch=epoch)
+                window = []
+            bar.update()
+    wall = time.perf_counter() - start
+    bar.close()
+    metrics = evaluate(model, evaluation, cfg.eval_batch_size, pad_id, device, pad_left, cfg.progress)
+    return {
+        **metrics,
+        "train_loss_curve": losses,
+        "steps": step,
+        "train_wall_s": wall,
+        "train_examples_per_s": seen / wall if wall > 0 else None,
+        "peak_memory_mb": peak_memory_mb(device),
+    }
+
+
+@torch.inference_mode()
+def evaluate(
+    model: nn.Module,
+    data: Encoded,
+    batch_size: int,
+    pad_id: int,
+    device: torch.device,
+    pad_left: bool = False,
+    progress: bool = True,
+) -> dict:
+    """Accuracy, macro-F1 and mean loss, on length-sorted batches without autograd."""
+    model.eval()
+    autocast = torch.autocast("cuda", dtype=torch.bfloat16, enabled=device.type == "cuda")
+    preds, labels, loss_sum = [], [], 0.0
+    total = math.ceil(len(data) / batch_size)
+    for batch in tqdm(
+        batches(data, batch_size, pad_id, shuffle=False, pad_left=pad_left),
+        total=total,
+        desc="eval",
+        unit="batch",
+        disable=not progress,
+        file=sys.stderr,
+    ):
+        batch = {k: v.to(device) for k, v in batch.items()}
+        with autocast:
+            out = model(**batch)
+        loss_sum += out.loss.float().item() * len(batch["labels"])
+        preds.append(out.logits.argmax(-1).cpu())
+        labels.append(batch["labels"].cpu())
+    pred, gold = torch.cat(preds), torch.cat(labels)
+    f1s = []
+    for c in (0, 1):
+        tp = ((pred == c) & (gold == c)).sum().item()
+        fp = ((pred == c) & (gold != c)).sum().item()
+        fn = ((pred != c) & (gold == c)).sum().item()
+        f1s.append(2 * tp / (2 * tp + fp + fn) if tp + fp + fn else 0.0)
+    return {
+        "accuracy": (pred == gold).float().mean().item(),
+        "macro_f1": sum(f1s) / len(f1s),
+        "eval_loss": loss_sum / len(gold),
+        "eval_examples": len(gold),
+    }
+
+
+def peak_memory_mb(device: torch.device) -> float:
+    """CUDA: peak allocated by tensors. CPU: the process's peak resident set (Linux reports KiB)."""
+    if device.type == "cuda":
+        return torch.cuda.max_memory_allocated(device) / 2**20
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024

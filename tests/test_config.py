@@ -1,0 +1,57 @@
+"""The Hydra tree composes: every experiment, every method row, the SLURM and joblib launchers."""
+
+from __future__ import annotations
+
+import pytest
+from hydra import compose, initialize_config_dir
+
+from lora_lab import config, methods, params
+
+
+def compose_with_hydra(overrides: list[str]):
+    with initialize_config_dir(config_dir=str(config.CONF_DIR), version_base="1.3"):
+        return compose(config_name="config", overrides=overrides, return_hydra_config=True)
+
+
+@pytest.mark.parametrize(
+    ("launcher", "target"),
+    [
+        ("slurm", "hydra_plugins.hydra_submitit_launcher.submitit_launcher.SlurmLauncher"),
+        ("local_parallel", "hydra_plugins.hydra_joblib_launcher.joblib_launcher.JoblibLauncher"),
+    ],
+)
+def test_launchers_compose(launcher: str, target: str) -> None:
+    cfg = compose_with_hydra(["experiment=imdb_ablation", f"hydra/launcher={launcher}"])
+    assert cfg.hydra.launcher._target_ == target
+
+
+@pytest.mark.parametrize("experiment", ["imdb_ablation", "imdb_cpu"])
+def test_ablation_experiments_sweep_the_seven_rows_with_both_impls(experiment: str) -> None:
+    cfg = compose_with_hydra([f"experiment={experiment}"])
+    sweep = cfg.hydra.sweeper.params
+    assert tuple(sweep.method.split(",")) == params.ROWS
+    assert sweep.impl.split(",") == list(methods.IMPLS)
+    assert cfg.experiment_name == experiment
+
+
+def test_method_rows_carry_the_reference_settings() -> None:
+    expected = {
+        "head_only": (None, None),
+        "qv_r4": ("qv", 4),
+        "qv_r8": ("qv", 8),
+        "qv_r16": ("qv", 16),
+        "attn_r8": ("attn", 8),
+        "attn_ffn_r8": ("attn_ffn", 8),
+        "full": (None, None),
+    }
+    for row, (targets, rank) in expected.items():
+        cfg = config.compose([f"method={row}"])
+        assert cfg.method.targets == targets
+        if rank is not None:
+            assert (cfg.rank, cfg.alpha, cfg.dropout, cfg.method.lr) == (rank, 2 * rank, 0.1, 3e-4)
+    assert config.compose(["method=full"]).method.lr == 2e-5
+
+
+def test_command_line_rank_overrides_the_row_and_alpha_follows() -> None:
+    cfg = config.compose(["method=qv_r4", "rank=16"])
+    assert (cfg.rank, cfg.alpha, methods.row_label(cfg)) == (16, 32, "Q+V (r=16)")
