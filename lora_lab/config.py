@@ -10,6 +10,7 @@ from hydra import initialize_config_dir
 from omegaconf import DictConfig, OmegaConf
 
 CONF_DIR = Path(__file__).resolve().parent.parent / "conf"
+EXPERIMENTS_DIR = CONF_DIR.parent / "experiments"  # one folder per study, with its reference numbers
 
 # alpha defaults to 2 * rank: `alpha: ${mul:2,${rank}}` in config.yaml.
 if not OmegaConf.has_resolver("mul"):

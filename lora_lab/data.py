@@ -7,6 +7,7 @@ themselves, so every job of a sweep after the first loads them instead of tokeni
 from __future__ import annotations
 
 import hashlib
+import json
 import re
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -143,8 +144,16 @@ def tokenize(
 
 
 def _tokenizer_fingerprint(tokenizer: PreTrainedTokenizerBase) -> str:
+    """What decides the token ids: the fast tokenizer's definition without its call-time truncation and
+    padding state (which changes after the first call), or the vocabulary for a slow tokenizer."""
     backend = getattr(tokenizer, "backend_tokenizer", None)
-    body = backend.to_str() if backend is not None else repr(sorted(tokenizer.get_vocab().items()))
+    if backend is not None:
+        spec = json.loads(backend.to_str())
+        body = json.dumps(
+            {k: v for k, v in spec.items() if k not in ("truncation", "padding")}, sort_keys=True
+        )
+    else:
+        body = repr(sorted(tokenizer.get_vocab().items()))
     return f"{type(tokenizer).__name__}:{tokenizer.padding_side}:{hashlib.sha256(body.encode()).hexdigest()}"
 
 

@@ -1,0 +1,114 @@
+"""The ablation table: one row per configuration and impl, mean ± std over seeds, the reference beside it."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pandas as pd
+
+from lora_lab.analysis.runs import NO_IMPL
+from lora_lab.atomic import write_text_atomic
+from lora_lab.config import EXPERIMENTS_DIR
+
+METHOD_ORDER = {"head_only": 0, "lora": 1, "full": 2}
+TARGET_ORDER = {"qv": 0, "attn": 1, "attn_ffn": 2}
+IMPL_ORDER = {"ours": 0, "peft": 1, NO_IMPL: 2}
+
+
+def load_reference(experiment: str, path: str | Path | None = None) -> pd.DataFrame | None:
+    """The paper's numbers for a study: experiments/<study>/reference.csv, where the experiment is
+    named <study>/<variant>. None when the study has no reference."""
+    path = Path(path) if path else EXPERIMENTS_DIR / experiment.split("/")[0] / "reference.csv"
+    return pd.read_csv(path) if path.is_file() else None
+
+
+def summarize(runs: pd.DataFrame, reference: pd.DataFrame | None = None) -> pd.DataFrame:
+    """Aggregate runs by (configuration, impl); accuracies in percent."""
+    rows = []
+    for (label, impl), group in runs.groupby(["label", "impl"], sort=False):
+        first = group.iloc[0]
+        acc = 100 * group["accuracy"]
+        rows.append(
+            {
+                "configuration": label,
+                "impl": impl,
+                "trainable_params": int(first["trainable_params"]),
+                "trainable_pct": float(first["trainable_pct"]),
+                "accuracy": acc.mean(),
+                "accuracy_std": acc.std(ddof=1) if len(acc) > 1 else float("nan"),
+                "n": len(acc),
+                "_order": (
+                    METHOD_ORDER.get(first["method"], 3),
+                    TARGET_ORDER.get(first["targets"], 3),
+                    first["rank"] if pd.notna(first["rank"]) else 0,
+                    IMPL_ORDER.get(impl, 3),
+                    label,
+                ),
+            }
+        )
+    rows.sort(key=lambda row: row["_order"])
+    table = pd.DataFrame(rows).drop(columns="_order")
+    if reference is not None:
+        ref = reference.set_index("Configuration")["Accuracy"]
+        table["reference_accuracy"] = table["configuration"].map(ref)
+        table["delta_pp"] = table["accuracy"] - table["reference_accuracy"]
+    return table.reset_index(drop=True)
+
+
+def _formatted(table: pd.DataFrame) -> pd.DataFrame:
+    """The table as a reader sees it: thousands separators, percentages, ± std when there are seeds."""
+    out = pd.DataFrame(
+        {
+            "Configuration": table["configuration"],
+            "Impl": table["impl"],
+            "Trainable Params": table["trainable_params"].map("{:,}".format),
+            "Trainable %": table["trainable_pct"].map("{:.2f}%".format),
+            "Accuracy": [
+                f"{m:.2f}%" if pd.isna(s) else f"{m:.2f} ± {s:.2f}%"
+                for m, s in zip(table["accuracy"], table["accuracy_std"], strict=True)
+            ],
+            "n": table["n"],
+        }
+    )
+    if "reference_accuracy" in table:
+        out["Reference Accuracy"] = table["reference_accuracy"].map(
+            lambda v: "" if pd.isna(v) else f"{v:.2f}%"
+        )
+        out["Δ (pp)"] = table["delta_pp"].map(lambda v: "" if pd.isna(v) else f"{v:+.2f}")
+    return out
+
+
+def to_markdown(table: pd.DataFrame) -> str:
+    shown = _formatted(table)
+    lines = ["| " + " | ".join(shown.columns) + " |", "|" + "---|" * len(shown.columns)]
+    lines += ["| " + " | ".join(str(v) for v in row) + " |" for row in shown.itertuples(index=False)]
+    return "\n".join(lines) + "\n"
+
+
+def to_latex(table: pd.DataFrame) -> str:
+    shown = _formatted(table)
+
+    def tex(value: object) -> str:
+        return (
+            str(value).replace("%", r"\%").replace("±", r"$\pm$").replace("Δ", r"$\Delta$").replace("—", "--")
+        )
+
+    lines = [
+        r"\begin{tabular}{ll" + "r" * (len(shown.columns) - 2) + "}",
+        r"\toprule",
+        " & ".join(tex(c) for c in shown.columns) + r" \\",
+        r"\midrule",
+    ]
+    lines += [" & ".join(tex(v) for v in row) + r" \\" for row in shown.itertuples(index=False)]
+    lines += [r"\bottomrule", r"\end{tabular}"]
+    return "\n".join(lines) + "\n"
+
+
+def write_tables(table: pd.DataFrame, out: str | Path) -> list[Path]:
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    return [
+        write_text_atomic(out / "table.md", to_markdown(table)),
+        write_text_atomic(out / "table.csv", table.to_csv(index=False, float_format="%.4f")),
+        write_text_atomic(out / "table.tex", to_latex(table)),
+    ]

@@ -1,0 +1,127 @@
+"""IMDB loading from each source, stratified subsets, the tokenisation cache, batching."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+
+import pandas as pd
+import pytest
+import torch
+from conftest import IMDB, MINILM, requires_assets
+from omegaconf import OmegaConf
+from transformers import AutoTokenizer
+
+from lora_lab import data
+
+
+def frame(n_pos: int, n_neg: int) -> pd.DataFrame:
+    texts = [f"review {i} " + "word " * (i % 7) for i in range(n_pos + n_neg)]
+    return pd.DataFrame({"text": texts, "label": [1] * n_pos + [0] * n_neg})
+
+
+def test_subset_is_stratified_seeded_and_exact() -> None:
+    df = frame(300, 100)
+    a = data.subset(df, 41, seed=0, key="train_size")
+    assert len(a) == 41 and a["label"].sum() == 31  # 41 * 3/4 = 30.75 -> 31 positives
+    assert a.equals(data.subset(df, 41, seed=0, key="train_size"))
+    assert not a.equals(data.subset(df, 41, seed=1, key="train_size"))
+    assert data.subset(df, None, seed=0, key="train_size") is df
+    with pytest.raises(ValueError, match="data.eval_size=401 but the split has 400"):
+        data.subset(df, 401, seed=0, key="eval_size")
+
+
+def test_aclimdb_folder(tmp_path) -> None:
+    for split in ("train", "test"):
+        for name, reviews in (("neg", {10: "awful", 2: "bad"}), ("pos", {7: "great"})):
+            (tmp_path / split / name).mkdir(parents=True)
+            for review_id, text in reviews.items():
+                (tmp_path / split / name / f"{review_id}_5.txt").write_text(text)
+    frames = data.load_imdb(OmegaConf.create({"source": str(tmp_path), "local": None}))
+    assert frames["train"].to_dict("list") == {"text": ["bad", "awful", "great"], "label": [0, 0, 1]}
+
+
+@requires_assets
+def test_shared_parquet_is_full_imdb() -> None:
+    frames = data.load_imdb(OmegaConf.create({"source": str(IMDB), "local": None}))
+    for split in ("train", "test"):
+        assert len(frames[split]) == 25_000 and frames[split]["label"].sum() == 12_500
+        assert list(frames[split].columns) == ["text", "label"]
+
+
+def test_unreachable_hub_says_what_was_tried(tmp_path) -> None:
+    code = (
+        "from omegaconf import OmegaConf; from lora_lab import data; "
+        "data.load_imdb(OmegaConf.create({'source': 'stanfordnlp/imdb', 'local': 'data/imdb'}))"
+    )
+    env = {
+        **os.environ,
+        "HF_HUB_OFFLINE": "1",
+        "HF_DATASETS_OFFLINE": "1",
+        "LORA_LAB_ASSETS": str(tmp_path),
+        "HF_HOME": str(tmp_path / "hf"),
+    }
+    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=120)
+    assert out.returncode != 0
+    assert f"tried local {tmp_path}/data/imdb (not found), then the Hub id 'stanfordnlp/imdb'" in out.stderr
+
+
+@requires_assets
+def test_tokenisation_is_cached_across_tokenizer_state(tmp_path) -> None:
+    df = frame(20, 20)
+    tokenizer = AutoTokenizer.from_pretrained(MINILM)
+    first = data.tokenize(df, tokenizer, 16, tmp_path)
+    files = list(tmp_path.iterdir())
+    assert len(files) == 1 and int(first.lengths.max()) <= 16
+    calls = []
+    fresh = AutoTokenizer.from_pretrained(MINILM)
+    fresh("warm up", truncation=True, max_length=8)  # changes the backend's truncation state
+    original = type(fresh).__call__
+    monkey = pytest.MonkeyPatch()
+    monkey.setattr(type(fresh), "__call__", lambda self, *a, **k: calls.append(1) or original(self, *a, **k))
+    try:
+        again = data.tokenize(df, fresh, 16, tmp_path)
+    finally:
+        monkey.undo()
+    assert not calls and list(tmp_path.iterdir()) == files
+    assert torch.equal(again.ids, first.ids) and torch.equal(again.labels, first.labels)
+    data.tokenize(df, tokenizer, 32, tmp_path)
+    assert len(list(tmp_path.iterdir())) == 2  # another max_length, another entry
+
+
+def encoded(lengths: list[int]) -> data.Encoded:
+    ids = torch.cat([torch.arange(1, n + 1, dtype=torch.int32) for n in lengths])
+    offsets = torch.cat([torch.zeros(1, dtype=torch.long), torch.tensor(lengths).cumsum(0)])
+    return data.Encoded(ids=ids, offsets=offsets, labels=torch.arange(len(lengths)))  # labels name examples
+
+
+def test_training_batches_cover_everything_once_and_are_length_grouped() -> None:
+    lengths = [(i * 37) % 50 + 1 for i in range(200)]
+    enc = encoded(lengths)
+    seen, padding = [], 0
+    for b in data.batches(enc, 8, pad_id=0, shuffle=True, seed=3):
+        rows = b["attention_mask"].sum(1)
+        seen += rows.tolist()
+        padding += int((b["attention_mask"] == 0).sum())
+    assert sorted(seen) == sorted(lengths)
+    random_padding = sum(
+        int((b["attention_mask"] == 0).sum())
+        for b in (
+            data.collate(enc, idx, 0)
+            for idx in torch.randperm(200, generator=torch.Generator().manual_seed(3)).split(8)
+        )
+    )
+    assert padding < random_padding / 3
+    first = [b["labels"].tolist() for b in data.batches(enc, 8, 0, shuffle=True, seed=3)]
+    assert first == [b["labels"].tolist() for b in data.batches(enc, 8, 0, shuffle=True, seed=3)]
+    assert first != [b["labels"].tolist() for b in data.batches(enc, 8, 0, shuffle=True, seed=4)]
+
+
+def test_eval_batches_are_length_sorted_and_padding_side_is_respected() -> None:
+    enc = encoded([3, 5, 2])
+    [b] = list(data.batches(enc, 8, pad_id=0, shuffle=False))
+    assert b["input_ids"].tolist() == [[1, 2, 3, 4, 5], [1, 2, 3, 0, 0], [1, 2, 0, 0, 0]]
+    [left] = list(data.batches(enc, 8, pad_id=0, shuffle=False, pad_left=True))
+    assert left["input_ids"].tolist() == [[1, 2, 3, 4, 5], [0, 0, 1, 2, 3], [0, 0, 0, 1, 2]]
+    assert left["attention_mask"].tolist()[2] == [0, 0, 0, 1, 1]
