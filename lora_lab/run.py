@@ -119,6 +119,7 @@ def save_adapter(model: torch.nn.Module, folder, base_name: str) -> int | None:
 
 @hydra.main(config_path=str(config.CONF_DIR), config_name="config", version_base="1.3")
 def main(cfg: DictConfig) -> float | None:
+    store.provenance()  # pin the git commit to the code this process imported
     try:
         record = run(cfg)
     except (ValueError, FileNotFoundError) as err:

@@ -13,6 +13,7 @@ import platform
 import subprocess
 from collections.abc import Iterator
 from contextlib import contextmanager
+from functools import cache
 from importlib.metadata import version
 from pathlib import Path
 
@@ -61,8 +62,12 @@ def write(path: Path, record: dict) -> Path:
     return write_text_atomic(path, json.dumps(record, indent=2, sort_keys=True) + "\n")
 
 
+@cache
 def provenance() -> dict:
-    """Library versions, git commit and machine, so a number can be traced to the code that made it."""
+    """Library versions, git commit and machine, so a number can be traced to the code that made it.
+
+    Read once per process (run.py asks at start-up): a sweep runs the code it imported, even if the
+    checkout changes while it runs."""
     try:
         commit = subprocess.run(
             ["git", "rev-parse", "HEAD"],

@@ -193,3 +193,33 @@ def test_distilbert_reference_table() -> None:
             assert row[impl] == (trainable, 66_955_010), (row["label"], impl)
             assert f"{100 * row[impl][0] / row[impl][1]:.2f}%" == pct
     assert [r["label"] for r in rows][1] == "Q+V (r=4)"
+
+
+def test_dropout_down_gradients_match_autograd() -> None:
+    from lora_lab.lora.layer import DropoutDown
+
+    x = torch.randn(6, 5, dtype=torch.float64, requires_grad=True)
+    a = torch.randn(3, 5, dtype=torch.float64, requires_grad=True)
+    keep = torch.rand(6, 5) > 0.3
+    assert torch.autograd.gradcheck(lambda x, a: DropoutDown.apply(x, keep, a, 1 / 0.7), (x, a))
+    plain = ((x * keep / 0.7) @ a.T).sum()
+    plain.backward()
+    expected = x.grad.clone(), a.grad.clone()
+    x.grad, a.grad = None, None
+    DropoutDown.apply(x, keep, a, 1 / 0.7).sum().backward()
+    torch.testing.assert_close((x.grad, a.grad), expected)
+
+
+def test_training_forward_with_dropout_is_the_lora_formula() -> None:
+    """Replays the layer's own mask draw: y = W0 x + b + s * B A (x * mask / (1 - p))."""
+    torch.manual_seed(0)
+    layer = LoRALinear(torch.nn.Linear(16, 8), rank=4, alpha=8, dropout=0.25).train()
+    torch.nn.init.normal_(layer.lora_B)
+    x = torch.randn(2, 3, 16)
+    state = torch.get_rng_state()
+    y = layer(x)
+    torch.set_rng_state(state)
+    keep = torch.empty(6, 16, dtype=torch.bool).bernoulli_(0.75).view(2, 3, 16)
+    expected = layer.base_layer(x) + 2.0 * (x * keep / 0.75) @ layer.lora_A.T @ layer.lora_B.T
+    torch.testing.assert_close(y, expected)
+    assert 0.6 < keep.float().mean() < 0.9

@@ -12,7 +12,6 @@ from __future__ import annotations
 import math
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 from transformers.pytorch_utils import Conv1D
 
@@ -62,9 +61,16 @@ class LoRALinear(nn.Module):
         y = self.base_layer(x)
         if self.merged or not self.enabled:
             return y
-        h = F.dropout(x, self.dropout, self.training) if self.dropout > 0 else x
-        h = h.to(self.lora_A.dtype)
-        return y + (h @ self.lora_A.T @ self.lora_B.T * self.scaling).to(y.dtype)
+        h = x.reshape(-1, x.shape[-1]).to(self.lora_A.dtype)
+        if self.training and self.dropout > 0:
+            keep = torch.empty_like(h, dtype=torch.bool).bernoulli_(1 - self.dropout)
+            down = DropoutDown.apply(h, keep, self.lora_A, 1 / (1 - self.dropout))  # dropout(x) A^T
+        else:
+            down = h @ self.lora_A.T
+        # y += s * (down B^T), in place: the base output is not needed for its own backward.
+        y2d = y.view(-1, y.shape[-1])
+        y2d.addmm_(down.to(y.dtype), self.lora_B.T.to(y.dtype), alpha=self.scaling)
+        return y
 
     def delta_weight(self) -> torch.Tensor:
         """s * B A laid out like the base weight, computed in fp32 for an accurate merge."""
@@ -88,6 +94,30 @@ class LoRALinear(nn.Module):
 
     def extra_repr(self) -> str:
         return f"rank={self.rank}, alpha={self.alpha}, dropout={self.dropout}, scaling={self.scaling:g}"
+
+
+class DropoutDown(torch.autograd.Function):
+    """dropout(x) @ A^T that saves x and a 1-byte mask instead of the masked copy of x.
+
+    Plain dropout keeps one float copy of x per adapted module (q, k and v each copy the same x); here the
+    modules share x, which autograd keeps once, and the masked input is rebuilt in backward.
+    """
+
+    @staticmethod
+    def forward(ctx, x: torch.Tensor, keep: torch.Tensor, lora_a: torch.Tensor, scale: float) -> torch.Tensor:
+        ctx.save_for_backward(x, keep, lora_a)
+        ctx.scale = scale
+        return (x * keep * scale) @ lora_a.T
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor):
+        x, keep, lora_a = ctx.saved_tensors
+        grad_x = grad_a = None
+        if ctx.needs_input_grad[0]:
+            grad_x = (grad @ lora_a) * keep * ctx.scale
+        if ctx.needs_input_grad[2]:
+            grad_a = grad.T @ (x * keep * ctx.scale)
+        return grad_x, None, grad_a, None
 
 
 def check_hyperparameters(rank: int, alpha: float, dropout: float, d_in: int, d_out: int, init: str) -> None:
