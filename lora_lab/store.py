@@ -23,6 +23,7 @@ from lora_lab.atomic import write_text_atomic
 
 # Settings that change how a run is shown or stored, not what it computes.
 NOT_IDENTITY = ("force", "logger", "results_dir")
+LORA_ONLY = ("impl", "rank", "alpha", "dropout", "use_rslora", "lora_lr")  # ignored by head-only and full
 NOT_IDENTITY_TRAINER = ("progress", "save_adapter", "num_threads", "device")
 LIBRARIES = ("torch", "transformers", "peft", "datasets", "hydra-core")
 
@@ -33,7 +34,8 @@ def resolved(cfg: DictConfig) -> dict:
 
 def run_name(cfg: DictConfig) -> str:
     """e.g. qv_r8-ours-seed0-1a2b3c4d: readable prefix, hash of everything that shapes the result."""
-    identity = {k: v for k, v in resolved(cfg).items() if k not in NOT_IDENTITY}
+    ignored = NOT_IDENTITY + (LORA_ONLY if cfg.method.kind != "lora" else ())
+    identity = {k: v for k, v in resolved(cfg).items() if k not in ignored}
     identity["trainer"] = {k: v for k, v in identity["trainer"].items() if k not in NOT_IDENTITY_TRAINER}
     digest = hashlib.sha256(json.dumps(identity, sort_keys=True).encode()).hexdigest()[:8]
     kind = cfg.method.kind

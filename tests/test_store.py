@@ -1,0 +1,31 @@
+"""Run names: equal for runs that compute the same thing, different otherwise."""
+
+from __future__ import annotations
+
+from lora_lab import config, store
+
+
+def name(*overrides: str) -> str:
+    return store.run_name(config.compose(list(overrides)))
+
+
+def test_lora_settings_do_not_split_head_only_and_full_runs() -> None:
+    for row in ("head_only", "full"):
+        assert name(f"method={row}", "impl=ours") == name(
+            f"method={row}", "impl=peft", "rank=16", "dropout=0"
+        )
+        assert name(f"method={row}").startswith(f"{row}-none-seed0-")
+
+
+def test_lora_runs_differ_by_impl_rank_seed_and_data_but_not_by_display_settings() -> None:
+    base = name("method=qv_r8")
+    assert base.startswith("qv_r8-ours-seed0-")
+    others = {
+        name("method=qv_r8", "impl=peft"),
+        name("method=qv_r8", "rank=4"),
+        name("method=qv_r8", "seed=1"),
+        name("method=qv_r8", "data.train_size=100"),
+        name("method=qv_r8", "lora_lr=1e-3"),
+    }
+    assert base not in others and len(others) == 5
+    assert name("method=qv_r8", "trainer.progress=false", "force=true", "logger=wandb") == base
