@@ -118,10 +118,12 @@ def load_model(cfg: DictConfig, num_labels: int = 2, pad_token_id: int | None = 
                 source, num_labels=num_labels, **overrides
             )
         else:
-            if cfg.get("model_type"):
-                config = AutoConfig.for_model(cfg.model_type, num_labels=num_labels, **overrides)
-            else:
+            # The architecture from the model's own config when it is on disk, else from model_type's defaults
+            # (DistilBertConfig() is distilbert-base-uncased, so the reference table needs no download).
+            if assets.is_path(source) or not cfg.get("model_type"):
                 config = AutoConfig.from_pretrained(source, num_labels=num_labels, **overrides)
+            else:
+                config = AutoConfig.for_model(cfg.model_type, num_labels=num_labels, **overrides)
             model = AutoModelForSequenceClassification.from_config(config)
     except OSError as err:
         raise FileNotFoundError(
