@@ -1,0 +1,217 @@
+"""Speed and memory of LoRA (ours, PEFT) beside the floor and full fine-tuning, measured side by side.
+
+    python -m lora_lab.bench                                   # MiniLM (assets) or DistilBERT, CPU, 16 x 128
+    python -m lora_lab.bench --model distilbert --seq 256 --memory
+
+The floor is what any LoRA step must pay: the frozen base's forward plus the input-gradient half of its
+backward (embedding output requires grad, only the classifier trains). Step times are medians over rounds in
+which every variant takes one step in turn, so machine noise hits all variants alike. Peak memory is measured
+in a fresh subprocess per variant (CUDA: max allocated; CPU: peak RSS of that process).
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import json
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from lora_lab import assets, config, methods, models
+from lora_lab.lora import merge
+from lora_lab.lora.inject import name_matches
+from lora_lab.models import family_of
+from lora_lab.train import peak_memory_mb, pick_device
+
+
+def build(args: argparse.Namespace, variant: str) -> nn.Module:
+    """A model prepared as `variant`: floor, full, or <impl>:<targets> such as ours:qv."""
+    torch.manual_seed(0)
+    cfg = config.compose(
+        [f"model={args.model}", "model.pretrained=false", f"rank={args.rank}", f"dropout={args.dropout}"]
+    )
+    model = models.load_model(cfg.model)
+    if variant == "floor":
+        model.requires_grad_(False)
+        for name, module in model.named_modules():
+            if name_matches(name, family_of(model).head):
+                module.requires_grad_(True)
+        model.get_input_embeddings().register_forward_hook(lambda _m, _i, out: out.requires_grad_(True))
+        return model
+    if variant == "full":
+        cfg.method.kind = "full"
+    else:
+        cfg.impl, cfg.method.targets = variant.split(":")
+    return methods.prepare(model, cfg)
+
+
+def fake_batch(model: nn.Module, args: argparse.Namespace, device: torch.device) -> dict[str, torch.Tensor]:
+    g = torch.Generator().manual_seed(0)
+    ids = torch.randint(1000, model.config.vocab_size, (args.batch, args.seq), generator=g)
+    return {
+        "input_ids": ids.to(device),
+        "attention_mask": torch.ones_like(ids).to(device),
+        "labels": torch.randint(0, 2, (args.batch,), generator=g).to(device),
+    }
+
+
+def train_step(model: nn.Module, batch: dict, optimizer: torch.optim.Optimizer, device: torch.device) -> None:
+    with torch.autocast("cuda", dtype=torch.bfloat16, enabled=device.type == "cuda"):
+        loss = model(**batch).loss
+    loss.backward()
+    optimizer.step()
+    optimizer.zero_grad(set_to_none=True)
+
+
+def timed(fn, device: torch.device) -> float:
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+    start = time.perf_counter()
+    fn()
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+    return time.perf_counter() - start
+
+
+def interleaved(
+    jobs: dict[str, callable], rounds: int, warmup: int, device: torch.device
+) -> dict[str, float]:
+    """Median seconds per call of each job, the jobs taking turns within every round."""
+    for job in jobs.values():
+        for _ in range(warmup):
+            job()
+    times = {name: [] for name in jobs}
+    for _ in range(rounds):
+        for name, job in jobs.items():
+            times[name].append(timed(job, device))
+    return {name: statistics.median(t) for name, t in times.items()}
+
+
+def train_variants(args: argparse.Namespace) -> list[str]:
+    return ["floor", *(f"{impl}:{t}" for t in args.targets for impl in ("ours", "peft")), "full"]
+
+
+def bench_training(args: argparse.Namespace, device: torch.device) -> dict[str, float]:
+    jobs = {}
+    for variant in train_variants(args):
+        model = build(args, variant).to(device).train()
+        optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-5)
+        batch = fake_batch(model, args, device)
+        jobs[variant] = lambda m=model, b=batch, o=optimizer: train_step(m, b, o, device)
+    return interleaved(jobs, args.rounds, args.warmup, device)
+
+
+def bench_inference(args: argparse.Namespace, device: torch.device) -> dict[str, float]:
+    base = build(args, "full").to(device).eval()
+    batch = {k: v for k, v in fake_batch(base, args, device).items() if k != "labels"}
+    variants = {"base": base}
+    for t in args.targets:
+        ours = build(args, f"ours:{t}").to(device).eval()
+        variants[f"ours:{t} unmerged"] = ours
+        variants[f"ours:{t} merged"] = merge(copy.deepcopy(ours))
+        variants[f"peft:{t} unmerged"] = build(args, f"peft:{t}").to(device).eval()
+
+    def infer(model: nn.Module) -> None:
+        with (
+            torch.inference_mode(),
+            torch.autocast("cuda", dtype=torch.bfloat16, enabled=device.type == "cuda"),
+        ):
+            model(**batch)
+
+    return interleaved(
+        {n: (lambda m=m: infer(m)) for n, m in variants.items()}, args.rounds, args.warmup, device
+    )
+
+
+def bench_memory(args: argparse.Namespace) -> dict[str, float]:
+    """Peak memory of a few training steps, each variant in a fresh process."""
+    out = {}
+    for variant in train_variants(args):
+        cmd = [sys.executable, "-m", "lora_lab.bench", *sys.argv[1:], "--memory-child", variant]
+        child = subprocess.run(cmd, capture_output=True, text=True, check=True)
+        out[variant] = json.loads(child.stdout.strip().splitlines()[-1])["peak_memory_mb"]
+    return out
+
+
+def memory_child(args: argparse.Namespace, device: torch.device) -> None:
+    model = build(args, args.memory_child).to(device).train()
+    optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-5)
+    batch = fake_batch(model, args, device)
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(device)
+    for _ in range(3):
+        train_step(model, batch, optimizer, device)
+    print(json.dumps({"peak_memory_mb": peak_memory_mb(device)}))
+
+
+def report(result: dict, args: argparse.Namespace) -> str:
+    train, lines = result["train_step_s"], []
+    lines.append(f"training step, median of {args.rounds} ({result['setup']})")
+    for variant, seconds in train.items():
+        lines.append(f"  {variant:<16} {1000 * seconds:8.1f} ms   {seconds / train['floor']:5.2f} x floor")
+    for t in args.targets:
+        lines.append(f"  ours/PEFT speed on {t}: {train[f'peft:{t}'] / train[f'ours:{t}']:.2f}")
+    infer = result["inference_s"]
+    lines.append("inference, median")
+    for variant, seconds in infer.items():
+        lines.append(f"  {variant:<20} {1000 * seconds:8.1f} ms   {seconds / infer['base']:5.2f} x base")
+    if "peak_memory_mb" in result:
+        mem = result["peak_memory_mb"]
+        lines.append("peak memory of a training step (fresh process each)")
+        for variant, mb in mem.items():
+            lines.append(f"  {variant:<16} {mb:8.0f} MB   {mb / mem['full']:5.2f} x full")
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(prog="python -m lora_lab.bench", description=__doc__.split("\n\n")[0])
+    default_model = (
+        "minilm" if assets.asset_root() and (assets.asset_root() / "models").is_dir() else "distilbert"
+    )
+    parser.add_argument("--model", default=default_model, help="a conf/model name (built from its config)")
+    parser.add_argument("--batch", type=int, default=16)
+    parser.add_argument("--seq", type=int, default=128)
+    parser.add_argument("--rank", type=int, default=8)
+    parser.add_argument("--dropout", type=float, default=0.1)
+    parser.add_argument("--targets", nargs="+", default=["qv", "attn_ffn"])
+    parser.add_argument("--device", default="auto")
+    parser.add_argument("--threads", type=int, help="CPU threads (default: torch's)")
+    parser.add_argument("--rounds", type=int, default=10)
+    parser.add_argument("--warmup", type=int, default=2)
+    parser.add_argument(
+        "--memory", action="store_true", help="also measure peak memory (a process per variant)"
+    )
+    parser.add_argument("--memory-child", help=argparse.SUPPRESS)
+    parser.add_argument(
+        "--out", type=Path, help="JSON file (default: results/bench/<model>_<device>_b<batch>_s<seq>.json)"
+    )
+    args = parser.parse_args(argv)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    device = pick_device(args.device)
+    if args.memory_child:
+        return memory_child(args, device)
+    setup = (
+        f"{args.model}, batch {args.batch} x {args.seq} tokens, r={args.rank}, dropout {args.dropout}, "
+        f"{device.type}, {torch.get_num_threads()} threads"
+    )
+    result = {"setup": setup, "args": {k: v for k, v in vars(args).items() if k != "out"}}
+    result["train_step_s"] = bench_training(args, device)
+    result["inference_s"] = bench_inference(args, device)
+    if args.memory:
+        result["peak_memory_mb"] = bench_memory(args)
+    print(report(result, args))
+    out = args.out or Path("results/bench") / f"{args.model}_{device.type}_b{args.batch}_s{args.seq}.json"
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(result, indent=2) + "\n")
+    print(f"wrote {out}")
+
+
+if __name__ == "__main__":
+    main()
