@@ -14,9 +14,11 @@ from __future__ import annotations
 import argparse
 import copy
 import json
+import os
 import statistics
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -150,7 +152,93 @@ def memory_child(args: argparse.Namespace, device: torch.device) -> None:
     print(json.dumps({"peak_memory_mb": peak_memory_mb(device)}))
 
 
+def bench_e2e(args: argparse.Namespace) -> dict:
+    """Wall time and accuracies of the seven-row table (impl=ours) through our runner and through the plain
+    HF Trainer + PEFT script, on the same MiniLM, IMDB subset, epochs, batch size and learning rates."""
+    root = assets.asset_root()
+    if root is None or not (root / "models" / "all-MiniLM-L6-v2").is_dir():
+        raise SystemExit(f"--e2e needs MiniLM and IMDB under ${assets.ENV_VAR} (e.g. ../shared)")
+    cfg = config.compose(["experiment=imdb_cpu"])
+    sizes = [
+        f"data.train_size={args.train_size}",
+        f"data.eval_size={args.eval_size}",
+        f"trainer.epochs={args.epochs}",
+    ]
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parent.parent)}
+    with tempfile.TemporaryDirectory() as tmp:
+        ours = [
+            sys.executable,
+            "-m",
+            "lora_lab.run",
+            "-m",
+            "experiment=imdb_cpu",
+            "hydra.sweeper.params.impl=ours",
+            *sizes,
+            "trainer.progress=false",
+            f"results_dir={tmp}/results",
+            f"data.cache_dir={tmp}/cache",
+        ]
+        baseline = [
+            sys.executable,
+            str(config.EXPERIMENTS_DIR / "imdb_rank_target" / "hf_trainer_baseline.py"),
+            "--model-path",
+            str(root / "models" / "all-MiniLM-L6-v2"),
+            "--data",
+            str(root / "data" / "imdb"),
+            "--train-size",
+            str(args.train_size),
+            "--eval-size",
+            str(args.eval_size),
+            "--max-length",
+            str(cfg.data.max_length),
+            "--epochs",
+            str(args.epochs),
+            "--batch-size",
+            str(cfg.trainer.batch_size),
+            "--lora-lr",
+            str(cfg.lora_lr),
+            "--head-lr",
+            str(config.compose(["method=head_only"]).method.lr),
+            "--full-lr",
+            str(config.compose(["method=full"]).method.lr),
+            "--out",
+            f"{tmp}/baseline.json",
+        ]
+        walls = {}
+        for name, cmd in (("ours", ours), ("hf_trainer", baseline)):
+            walls[name] = timed(
+                lambda c=cmd: subprocess.run(c, cwd=tmp, env=env, check=True, capture_output=True),
+                torch.device("cpu"),
+            )
+            print(f"  {name}: {walls[name]:.0f} s", flush=True)
+        records = [json.loads(p.read_text()) for p in Path(tmp).glob("results/**/runs/*.json")]
+        accuracy = {
+            "ours": {r["label"]: r["accuracy"] for r in records},
+            "hf_trainer": {
+                r["label"]: r["accuracy"] for r in json.loads(Path(tmp, "baseline.json").read_text())["rows"]
+            },
+        }
+    return {
+        "wall_s": walls,
+        "ours_over_baseline_wall": walls["ours"] / walls["hf_trainer"],
+        "accuracy": accuracy,
+        "sizes": sizes,
+    }
+
+
 def report(result: dict, args: argparse.Namespace) -> str:
+    if "end_to_end" in result:
+        e2e = result["end_to_end"]
+        lines = [
+            f"seven-row table end to end ({', '.join(e2e['sizes'])})",
+            f"  wall: ours {e2e['wall_s']['ours']:.0f} s, "
+            f"HF Trainer + PEFT {e2e['wall_s']['hf_trainer']:.0f} s, "
+            f"ratio {e2e['ours_over_baseline_wall']:.2f}",
+            "  accuracy: configuration | ours | HF Trainer",
+        ]
+        for label, acc in e2e["accuracy"]["hf_trainer"].items():
+            lines.append(f"    {label:<26} {e2e['accuracy']['ours'].get(label, float('nan')):.4f}  {acc:.4f}")
+        return "\n".join(lines)
     train, lines = result["train_step_s"], []
     lines.append(f"training step, median of {args.rounds} ({result['setup']})")
     for variant, seconds in train.items():
@@ -189,6 +277,12 @@ def main(argv: list[str] | None = None) -> None:
     )
     parser.add_argument("--memory-child", help=argparse.SUPPRESS)
     parser.add_argument(
+        "--e2e", action="store_true", help="only the end-to-end table: our runner vs HF Trainer"
+    )
+    parser.add_argument("--train-size", type=int, default=512, help="with --e2e")
+    parser.add_argument("--eval-size", type=int, default=512, help="with --e2e")
+    parser.add_argument("--epochs", type=int, default=1, help="with --e2e")
+    parser.add_argument(
         "--out", type=Path, help="JSON file (default: results/bench/<model>_<device>_b<batch>_s<seq>.json)"
     )
     args = parser.parse_args(argv)
@@ -202,12 +296,16 @@ def main(argv: list[str] | None = None) -> None:
         f"{device.type}, {torch.get_num_threads()} threads"
     )
     result = {"setup": setup, "args": {k: v for k, v in vars(args).items() if k != "out"}}
-    result["train_step_s"] = bench_training(args, device)
-    result["inference_s"] = bench_inference(args, device)
-    if args.memory:
-        result["peak_memory_mb"] = bench_memory(args)
+    if args.e2e:
+        result["end_to_end"] = bench_e2e(args)
+    else:
+        result["train_step_s"] = bench_training(args, device)
+        result["inference_s"] = bench_inference(args, device)
+        if args.memory:
+            result["peak_memory_mb"] = bench_memory(args)
     print(report(result, args))
-    out = args.out or Path("results/bench") / f"{args.model}_{device.type}_b{args.batch}_s{args.seq}.json"
+    kind = f"e2e_n{args.train_size}" if args.e2e else f"b{args.batch}_s{args.seq}"
+    out = args.out or Path("results/bench") / f"{args.model}_{device.type}_{kind}.json"
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(result, indent=2) + "\n")
     print(f"wrote {out}")
