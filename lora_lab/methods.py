@@ -50,6 +50,12 @@ def check(cfg: DictConfig) -> None:
         raise ValueError(f"method.kind={cfg.method.kind!r} is not one of {KINDS}")
     if cfg.method.kind == "lora" and cfg.impl not in IMPLS:
         raise ValueError(f"impl={cfg.impl!r} is not one of {IMPLS}; use impl=ours or impl=peft")
+    if cfg.get("quant") not in (None, "nf4"):
+        raise ValueError(f"quant={cfg.quant!r} is not supported; use quant=nf4 or leave it null")
+    if cfg.get("quant") and cfg.method.kind == "full":
+        raise ValueError(
+            "quant=nf4 freezes a 4-bit base; full fine-tuning cannot train it (use a LoRA method)"
+        )
 
 
 def prepare(model: nn.Module, cfg: DictConfig) -> nn.Module:

@@ -7,9 +7,11 @@ builds each row's model from its config alone (random init, no download) and cou
 
 from __future__ import annotations
 
+import math
 import sys
 from collections.abc import Sequence
 
+import torch
 from torch import nn
 
 from lora_lab import config, methods, models
@@ -26,8 +28,14 @@ def count(model: nn.Module) -> tuple[int, int]:
         parts = name.split(".")
         if "modules_to_save" in parts or any(part.startswith("lora_") for part in parts):
             continue
-        base += p.numel()
+        base += numel(p)
     return trainable, base
+
+
+def numel(p: torch.Tensor) -> int:
+    """Weights a parameter stands for: a packed 4-bit tensor holds two per byte, its true shape aside."""
+    quant_state = getattr(p, "quant_state", None)
+    return math.prod(quant_state.shape) if quant_state is not None else p.numel()
 
 
 def row_counts(overrides: Sequence[str] = ()) -> list[dict]:

@@ -15,8 +15,8 @@ import hydra
 import torch
 from omegaconf import DictConfig
 
-from lora_lab import config, data, methods, models, params, store
-from lora_lab.train import NonFiniteLoss, fit
+from lora_lab import config, data, methods, models, params, quant, store
+from lora_lab.train import NonFiniteLoss, fit, pick_device
 
 
 def run(cfg: DictConfig) -> dict | None:
@@ -35,6 +35,9 @@ def run(cfg: DictConfig) -> dict | None:
     tokenizer = models.load_tokenizer(cfg.model)
     torch.manual_seed(cfg.seed)  # the new head's init: the same for every method and impl
     model = models.load_model(cfg.model, pad_token_id=tokenizer.pad_token_id)
+    if cfg.quant:
+        on_cuda = pick_device(cfg.trainer.device).type == "cuda"
+        quant.quantize_nf4(model, cfg.double_quant, torch.bfloat16 if on_cuda else torch.float32)
     model = methods.prepare(model, cfg)
     trainable, total = params.count(model)
     frames = data.load_imdb(cfg.data)
@@ -67,6 +70,7 @@ def run(cfg: DictConfig) -> dict | None:
         "impl": impl,
         "seed": cfg.seed,
         "model": cfg.model.name,
+        "quant": cfg.quant,
         "trainable_params": trainable,
         "total_params": total,
         "trainable_pct": 100 * trainable / total,

@@ -66,6 +66,8 @@ def fit(
     """
     device = pick_device(cfg.device)
     model.to(device)
+    if cfg.gradient_checkpointing:  # non-reentrant: works with a frozen embedding layer (LoRA, QLoRA)
+        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
     autocast = torch.autocast("cuda", dtype=torch.bfloat16, enabled=device.type == "cuda")
     steps_per_epoch = math.ceil(len(train) / cfg.batch_size)
     total = (
@@ -80,7 +82,7 @@ def fit(
         torch.cuda.reset_peak_memory_stats(device)
 
     torch.manual_seed(seed)  # dropout draws start from the same state for every method and impl
-    losses, window, step, seen = [], [], 0, 0
+    losses, window, step, seen, tokens = [], [], 0, 0, 0
     bar = tqdm(total=total, desc="train", unit="step", disable=not cfg.progress, file=sys.stderr)
     start = time.perf_counter()
     model.train()
@@ -103,6 +105,7 @@ def fit(
             schedule.step()
             optimizer.zero_grad(set_to_none=True)
             step, seen = step + 1, seen + len(batch["labels"])
+            tokens += int(batch["attention_mask"].sum())
             window.append(loss.item())
             if len(window) == cfg.log_every or step == total:
                 losses.append(sum(window) / len(window))
@@ -118,6 +121,7 @@ def fit(
         "steps": step,
         "train_wall_s": wall,
         "train_examples_per_s": seen / wall if wall > 0 else None,
+        "train_tokens_per_s": tokens / wall if wall > 0 else None,
         "peak_memory_mb": peak_memory_mb(device),
     }
 

@@ -13,6 +13,7 @@ from transformers import (
     DistilBertConfig,
     GPT2Config,
     LlamaConfig,
+    Qwen2Config,
 )
 
 from lora_lab.models import FAMILIES
@@ -33,6 +34,15 @@ TINY_CONFIGS = {
         vocab_size=100, hidden_size=32, num_hidden_layers=2, num_attention_heads=2, intermediate_size=64
     ),
     "llama": LlamaConfig(
+        vocab_size=100,
+        hidden_size=32,
+        intermediate_size=64,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        pad_token_id=0,
+    ),
+    "qwen2": Qwen2Config(
         vocab_size=100,
         hidden_size=32,
         intermediate_size=64,

@@ -55,3 +55,9 @@ def test_method_rows_carry_the_reference_settings() -> None:
 def test_command_line_rank_overrides_the_row_and_alpha_follows() -> None:
     cfg = config.compose(["method=qv_r4", "rank=16"])
     assert (cfg.rank, cfg.alpha, methods.row_label(cfg)) == (16, 32, "Q+V (r=16)")
+
+
+def test_llm_experiment_is_qlora_without_full_fine_tuning() -> None:
+    cfg = compose_with_hydra(["experiment=imdb_llm"])
+    assert (cfg.quant, cfg.trainer.gradient_checkpointing, cfg.model.model_type) == ("nf4", True, "qwen2")
+    assert tuple(cfg.hydra.sweeper.params.method.split(",")) == params.ROWS[:-1]

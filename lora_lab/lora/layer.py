@@ -48,8 +48,10 @@ class LoRALinear(nn.Module):
         self.rank, self.alpha, self.dropout, self.use_rslora = rank, alpha, dropout, use_rslora
         self.scaling = alpha / math.sqrt(rank) if use_rslora else alpha / rank
         weight = base_layer.weight
-        self.lora_A = nn.Parameter(torch.empty(rank, d_in, dtype=weight.dtype, device=weight.device))
-        self.lora_B = nn.Parameter(torch.zeros(d_out, rank, dtype=weight.dtype, device=weight.device))
+        self.quantized = not weight.is_floating_point()  # a 4-bit base (QLoRA): adapters train in fp32
+        dtype = torch.float32 if self.quantized else weight.dtype
+        self.lora_A = nn.Parameter(torch.empty(rank, d_in, dtype=dtype, device=weight.device))
+        self.lora_B = nn.Parameter(torch.zeros(d_out, rank, dtype=dtype, device=weight.device))
         if init == "kaiming":  # PEFT's default: what nn.Linear would do for a (r, d_in) weight
             nn.init.kaiming_uniform_(self.lora_A, a=math.sqrt(5))
         else:
@@ -80,6 +82,10 @@ class LoRALinear(nn.Module):
     @torch.no_grad()
     def merge(self) -> None:
         """Fold the update into W0 (in W0's dtype): inference then costs what the base costs."""
+        if self.quantized:
+            raise ValueError(
+                "cannot merge into a 4-bit base; load the adapter onto the 16-bit base and merge there"
+            )
         if not self.merged:
             weight = self.base_layer.weight
             weight += self.delta_weight().to(weight.dtype)
