@@ -6,9 +6,9 @@ import copy
 
 import pytest
 import torch
+from conftest import batch, tiny_model
 from transformers import AutoModelForSequenceClassification, LlamaConfig
 
-from conftest import batch, tiny_model
 from lora_lab import data, methods, quant
 from lora_lab.config import compose
 from lora_lab.lora import load_adapter, lora_layers, save_adapter
