@@ -25,7 +25,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from lora_lab import assets, config, methods, models
+from lora_lab import assets, config, methods, models, quant
 from lora_lab.lora import merge
 from lora_lab.lora.inject import name_matches
 from lora_lab.models import family_of
@@ -38,7 +38,13 @@ def build(args: argparse.Namespace, variant: str) -> nn.Module:
     cfg = config.compose(
         [f"model={args.model}", "model.pretrained=false", f"rank={args.rank}", f"dropout={args.dropout}"]
     )
-    model = models.load_model(cfg.model)
+    model = models.load_model(
+        cfg.model, pad_token_id=0
+    )  # decoders pool on the last non-pad token; batches hold no 0
+    if args.quant:
+        quant.quantize_nf4(
+            model, compute_dtype=torch.bfloat16 if args.device_type == "cuda" else torch.float32
+        )
     if variant == "floor":
         model.requires_grad_(False)
         for name, module in model.named_modules():
@@ -96,7 +102,10 @@ def interleaved(
 
 
 def train_variants(args: argparse.Namespace) -> list[str]:
-    return ["floor", *(f"{impl}:{t}" for t in args.targets for impl in ("ours", "peft")), "full"]
+    lora = [f"{impl}:{t}" for t in args.targets for impl in ("ours", "peft")]
+    return (
+        ["floor", *lora] if args.quant else ["floor", *lora, "full"]
+    )  # a 4-bit base cannot be fully trained
 
 
 def bench_training(args: argparse.Namespace, device: torch.device) -> dict[str, float]:
@@ -110,13 +119,14 @@ def bench_training(args: argparse.Namespace, device: torch.device) -> dict[str, 
 
 
 def bench_inference(args: argparse.Namespace, device: torch.device) -> dict[str, float]:
-    base = build(args, "full").to(device).eval()
+    base = build(args, "floor").to(device).eval()
     batch = {k: v for k, v in fake_batch(base, args, device).items() if k != "labels"}
     variants = {"base": base}
     for t in args.targets:
         ours = build(args, f"ours:{t}").to(device).eval()
         variants[f"ours:{t} unmerged"] = ours
-        variants[f"ours:{t} merged"] = merge(copy.deepcopy(ours))
+        if not args.quant:  # no merging into a 4-bit base
+            variants[f"ours:{t} merged"] = merge(copy.deepcopy(ours))
         variants[f"peft:{t} unmerged"] = build(args, f"peft:{t}").to(device).eval()
 
     def infer(model: nn.Module) -> None:
@@ -252,8 +262,9 @@ def report(result: dict, args: argparse.Namespace) -> str:
     if "peak_memory_mb" in result:
         mem = result["peak_memory_mb"]
         lines.append("peak memory of a training step (fresh process each)")
+        ref = "full" if "full" in mem else "floor"
         for variant, mb in mem.items():
-            lines.append(f"  {variant:<16} {mb:8.0f} MB   {mb / mem['full']:5.2f} x full")
+            lines.append(f"  {variant:<16} {mb:8.0f} MB   {mb / mem[ref]:5.2f} x {ref}")
     return "\n".join(lines)
 
 
@@ -270,6 +281,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--targets", nargs="+", default=["qv", "attn_ffn"])
     parser.add_argument("--device", default="auto")
     parser.add_argument("--threads", type=int, help="CPU threads (default: torch's)")
+    parser.add_argument("--quant", choices=("nf4",), help="store the frozen base in 4-bit NF4 (QLoRA)")
     parser.add_argument("--rounds", type=int, default=10)
     parser.add_argument("--warmup", type=int, default=2)
     parser.add_argument(
@@ -289,10 +301,12 @@ def main(argv: list[str] | None = None) -> None:
     if args.threads:
         torch.set_num_threads(args.threads)
     device = pick_device(args.device)
+    args.device_type = device.type
     if args.memory_child:
         return memory_child(args, device)
     setup = (
-        f"{args.model}, batch {args.batch} x {args.seq} tokens, r={args.rank}, dropout {args.dropout}, "
+        f"{args.model}{' nf4' if args.quant else ''}, batch {args.batch} x {args.seq} tokens, r={args.rank}, "
+        f"dropout {args.dropout}, "
         f"{device.type}, {torch.get_num_threads()} threads"
     )
     result = {"setup": setup, "args": {k: v for k, v in vars(args).items() if k != "out"}}
@@ -304,7 +318,9 @@ def main(argv: list[str] | None = None) -> None:
         if args.memory:
             result["peak_memory_mb"] = bench_memory(args)
     print(report(result, args))
-    kind = f"e2e_n{args.train_size}" if args.e2e else f"b{args.batch}_s{args.seq}"
+    kind = (
+        f"e2e_n{args.train_size}" if args.e2e else f"b{args.batch}_s{args.seq}{'_nf4' if args.quant else ''}"
+    )
     out = args.out or Path("results/bench") / f"{args.model}_{device.type}_{kind}.json"
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(result, indent=2) + "\n")
