@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import os
 from pathlib import Path
 
@@ -55,10 +56,11 @@ TINY_CONFIGS = {
 }
 
 
-def tiny_model(family: str, seed: int = 0) -> torch.nn.Module:
+def tiny_model(family: str, seed: int = 0, **overrides) -> torch.nn.Module:
+    """A random-init 2-label classifier of `family`; `overrides` change its config (e.g. hidden_size)."""
     torch.manual_seed(seed)
-    config = TINY_CONFIGS[family]
-    config.num_labels = 2
+    config = copy.deepcopy(TINY_CONFIGS[family])
+    config.update({"num_labels": 2, **overrides})
     return AutoModelForSequenceClassification.from_config(config)
 
 

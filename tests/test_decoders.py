@@ -7,7 +7,6 @@ import copy
 import pytest
 import torch
 from conftest import batch, tiny_model
-from transformers import AutoModelForSequenceClassification, LlamaConfig
 
 from lora_lab import data, methods, quant
 from lora_lab.config import compose
@@ -34,19 +33,8 @@ def test_pooling_reads_the_last_real_token_whichever_side_pads(family: str, pad_
 
 
 def nf4_llama(seed: int = 0) -> torch.nn.Module:
-    """A tiny Llama 64 wide: bitsandbytes' CPU path quantises in blocks of 64 inputs."""
-    torch.manual_seed(seed)
-    config = LlamaConfig(
-        vocab_size=100,
-        hidden_size=64,
-        intermediate_size=128,
-        num_hidden_layers=2,
-        num_attention_heads=4,
-        num_key_value_heads=2,
-        pad_token_id=0,
-        num_labels=2,
-    )
-    return AutoModelForSequenceClassification.from_config(config)
+    """The tiny Llama made 64 wide: bitsandbytes' CPU path quantises in blocks of 64 inputs."""
+    return tiny_model("llama", seed, hidden_size=64, intermediate_size=128)
 
 
 def test_nf4_base_stays_close_to_the_float_base() -> None:
