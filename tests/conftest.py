@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import copy
 import os
 from pathlib import Path
 
@@ -29,39 +28,59 @@ if os.environ.get("CI") and not ASSETS.is_dir():
 
 requires_assets = pytest.mark.skipif(not ASSETS.is_dir(), reason=f"shared assets not found at {ASSETS}")
 
-TINY_CONFIGS = {
-    "distilbert": DistilBertConfig(vocab_size=100, dim=32, hidden_dim=64, n_layers=2, n_heads=2),
-    "bert": BertConfig(
-        vocab_size=100, hidden_size=32, num_hidden_layers=2, num_attention_heads=2, intermediate_size=64
+TINY_CONFIGS = {  # family: (config class, its arguments)
+    "distilbert": (
+        DistilBertConfig,
+        {"vocab_size": 100, "dim": 32, "hidden_dim": 64, "n_layers": 2, "n_heads": 2},
     ),
-    "llama": LlamaConfig(
-        vocab_size=100,
-        hidden_size=32,
-        intermediate_size=64,
-        num_hidden_layers=2,
-        num_attention_heads=4,
-        num_key_value_heads=2,
-        pad_token_id=0,
+    "bert": (
+        BertConfig,
+        {
+            "vocab_size": 100,
+            "hidden_size": 32,
+            "num_hidden_layers": 2,
+            "num_attention_heads": 2,
+            "intermediate_size": 64,
+        },
     ),
-    "qwen2": Qwen2Config(
-        vocab_size=100,
-        hidden_size=32,
-        intermediate_size=64,
-        num_hidden_layers=2,
-        num_attention_heads=4,
-        num_key_value_heads=2,
-        pad_token_id=0,
+    "llama": (
+        LlamaConfig,
+        {
+            "vocab_size": 100,
+            "hidden_size": 32,
+            "intermediate_size": 64,
+            "num_hidden_layers": 2,
+            "num_attention_heads": 4,
+            "num_key_value_heads": 2,
+            "pad_token_id": 0,
+        },
     ),
-    "gpt2": GPT2Config(vocab_size=100, n_embd=32, n_layer=2, n_head=2, n_positions=64, pad_token_id=0),
+    "qwen2": (
+        Qwen2Config,
+        {
+            "vocab_size": 100,
+            "hidden_size": 32,
+            "intermediate_size": 64,
+            "num_hidden_layers": 2,
+            "num_attention_heads": 4,
+            "num_key_value_heads": 2,
+            "pad_token_id": 0,
+        },
+    ),
+    "gpt2": (
+        GPT2Config,
+        {"vocab_size": 100, "n_embd": 32, "n_layer": 2, "n_head": 2, "n_positions": 64, "pad_token_id": 0},
+    ),
 }
 
 
 def tiny_model(family: str, seed: int = 0, **overrides) -> torch.nn.Module:
     """A random-init 2-label classifier of `family`; `overrides` change its config (e.g. hidden_size)."""
     torch.manual_seed(seed)
-    config = copy.deepcopy(TINY_CONFIGS[family])
-    config.update({"num_labels": 2, **overrides})
-    return AutoModelForSequenceClassification.from_config(config)
+    config_class, arguments = TINY_CONFIGS[family]
+    return AutoModelForSequenceClassification.from_config(
+        config_class(**{**arguments, "num_labels": 2, **overrides})
+    )
 
 
 def batch(seed: int = 0, vocab: int = 100, n: int = 4, length: int = 12) -> dict[str, torch.Tensor]:
