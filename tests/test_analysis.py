@@ -12,7 +12,7 @@ from pathlib import Path
 import nbformat
 import pandas as pd
 import pytest
-from conftest import REPO, requires_assets
+from conftest import ASSETS, REPO, requires_assets
 from nbclient import NotebookClient
 
 from lora_lab import analysis
@@ -107,8 +107,8 @@ def test_wandb_source_reads_the_same_fields(monkeypatch) -> None:
 @pytest.fixture(scope="module")
 def real_results(tmp_path_factory) -> Path:
     """A small results folder made by the real runner: two rows, LoRA with both impls."""
-    if not Path(os.environ.get("LORA_LAB_ASSETS", REPO.parent / "shared")).is_dir():
-        pytest.skip("shared assets absent")
+    if not ASSETS.is_dir():
+        pytest.skip(f"shared assets not found at {ASSETS}")
     tmp = tmp_path_factory.mktemp("analysis")
     cmd = [
         sys.executable,
@@ -126,7 +126,8 @@ def real_results(tmp_path_factory) -> Path:
         f"results_dir={tmp}",
         "experiment_name=imdb_rank_target/tiny",
     ]
-    out = subprocess.run(cmd, cwd=tmp, capture_output=True, text=True, timeout=600)
+    env = {**os.environ, "LORA_LAB_ASSETS": str(ASSETS), "LORA_LAB_CACHE": str(tmp / "cache")}
+    out = subprocess.run(cmd, cwd=tmp, env=env, capture_output=True, text=True, timeout=600)
     assert out.returncode == 0, out.stderr[-2000:]
     return tmp / "imdb_rank_target" / "tiny"
 
