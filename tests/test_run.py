@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -115,11 +116,18 @@ def test_non_finite_loss_fails_that_run_and_the_sweep_goes_on(tmp_path, token_ca
     assert by_lr[1e-3]["status"] == "complete"
 
 
-def test_wandb_offline_run_is_written(tmp_path, token_cache) -> None:
-    out = cli(tmp_path, token_cache, "experiment=smoke", "logger=wandb", "logger.mode=offline")
+def test_each_sweep_job_writes_its_own_offline_wandb_run(tmp_path, token_cache) -> None:
+    out = cli(
+        tmp_path, token_cache, "-m", "experiment=smoke", "rank=4,8", "logger=wandb", "logger.mode=offline"
+    )
     assert out.returncode == 0, out.stderr[-2000:]
-    runs = list((tmp_path / "results" / "smoke" / "wandb").glob("offline-run-*"))
-    assert len(runs) == 1 and list(runs[0].glob("*.wandb"))
+    runs = sorted((tmp_path / "results" / "smoke" / "wandb").glob("offline-run-*"))
+    assert len(runs) == 2 and all(list(run.glob("*.wandb")) for run in runs)
+    logs = [next(run.glob("*.wandb")).read_bytes() for run in runs]
+    assert all(b"${" not in log for log in logs)  # the resolved config: no interpolations left
+    names = [set(re.findall(rb"qv_r[48]-ours-seed0-[0-9a-f]{8}", log)) for log in logs]
+    stored = {r["name"].encode() for r in records(tmp_path, "smoke")}
+    assert sorted(len(n) for n in names) == [1, 1] and names[0] != names[1] and names[0] | names[1] == stored
 
 
 def bad_parquet_folder(tmp_path: Path) -> str:
