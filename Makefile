@@ -2,7 +2,7 @@
 PY := .venv/bin/python
 export LORA_LAB_ASSETS ?= $(abspath ../shared)
 
-.PHONY: test demo lint table clean
+.PHONY: test demo clean
 
 .venv/installed: pyproject.toml
 	python3 -m venv .venv
@@ -12,15 +12,14 @@ export LORA_LAB_ASSETS ?= $(abspath ../shared)
 	touch $@
 
 test: .venv/installed
+	$(PY) -m ruff check lora_lab tests experiments
+	$(PY) -m ruff format --check lora_lab tests experiments
 	$(PY) -m pytest -q tests
 
 demo: .venv/installed
 	$(PY) -m lora_lab.params model=distilbert
 	$(PY) -m lora_lab.run experiment=smoke force=true results_dir=outputs/demo
 
-lint: .venv/installed
-	$(PY) -m ruff check lora_lab tests
-	$(PY) -m ruff format --check lora_lab tests
 
 clean:
 	rm -rf outputs multirun .pytest_cache
