@@ -20,6 +20,5 @@ demo: .venv/installed
 	$(PY) -m lora_lab.params model=distilbert
 	$(PY) -m lora_lab.run experiment=smoke force=true results_dir=outputs/demo
 
-
 clean:
 	rm -rf outputs multirun .pytest_cache
