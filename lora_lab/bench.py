@@ -29,7 +29,7 @@ from lora_lab import assets, config, methods, models, quant
 from lora_lab.lora import merge
 from lora_lab.lora.inject import name_matches
 from lora_lab.models import family_of
-from lora_lab.train import peak_memory_mb, pick_device
+from lora_lab.train import peak_memory_mb, pick_device, reset_peak_memory
 
 
 def build(args: argparse.Namespace, variant: str) -> nn.Module:
@@ -155,8 +155,7 @@ def memory_child(args: argparse.Namespace, device: torch.device) -> None:
     model = build(args, args.memory_child).to(device).train()
     optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-5)
     batch = fake_batch(model, args, device)
-    if device.type == "cuda":
-        torch.cuda.reset_peak_memory_stats(device)
+    reset_peak_memory(device)
     for _ in range(3):
         train_step(model, batch, optimizer, device)
     print(json.dumps({"peak_memory_mb": peak_memory_mb(device)}))

@@ -6,6 +6,7 @@ import math
 import resource
 import sys
 import time
+from pathlib import Path
 
 import torch
 from omegaconf import DictConfig
@@ -78,8 +79,7 @@ def fit(
     optimizer = optimizer_for(model, lr, cfg.weight_decay, device)
     schedule = linear_schedule(optimizer, round(cfg.warmup_ratio * total), total)
     trainable = [p for p in model.parameters() if p.requires_grad]
-    if device.type == "cuda":
-        torch.cuda.reset_peak_memory_stats(device)
+    reset_peak_memory(device)
 
     torch.manual_seed(seed)  # dropout draws start from the same state for every method and impl
     losses, window, step, seen, tokens = [], [], 0, 0, 0
@@ -170,8 +170,25 @@ def evaluate(
     }
 
 
+def reset_peak_memory(device: torch.device) -> None:
+    """Start a new peak, so that each run of a multirun sweep reports its own."""
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(device)
+        return
+    try:  # Linux: "5" resets the process's peak resident set (VmHWM)
+        Path("/proc/self/clear_refs").write_text("5")
+    except OSError:
+        pass  # elsewhere the peak covers the whole process
+
+
 def peak_memory_mb(device: torch.device) -> float:
-    """CUDA: peak allocated by tensors. CPU: the process's peak resident set (Linux reports KiB)."""
+    """CUDA: peak allocated by tensors. CPU: peak resident set since reset_peak_memory (Linux), else of
+    the whole process."""
     if device.type == "cuda":
         return torch.cuda.max_memory_allocated(device) / 2**20
+    status = Path("/proc/self/status")
+    if status.is_file():
+        for line in status.read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) / 1024
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024

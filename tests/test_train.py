@@ -1,0 +1,49 @@
+"""Pieces of the training loop: the schedule, the metrics, per-run peak memory."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+
+from lora_lab.data import Encoded
+from lora_lab.train import evaluate, linear_schedule, peak_memory_mb, reset_peak_memory
+
+
+def test_linear_warmup_then_decay_to_zero() -> None:
+    opt = torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=1.0)
+    schedule = linear_schedule(opt, warmup=2, total=6)
+    lrs = []
+    for _ in range(6):
+        lrs.append(opt.param_groups[0]["lr"])
+        opt.step()
+        schedule.step()
+    assert lrs == pytest.approx([0.5, 1.0, 1.0, 0.75, 0.5, 0.25])
+
+
+class Constant(torch.nn.Module):
+    """Predicts class 1 for every example whose first token is odd."""
+
+    def forward(self, input_ids, attention_mask, labels):
+        logits = torch.stack([torch.zeros(len(input_ids)), (input_ids[:, 0] % 2).float() * 10], dim=1)
+        return type("Out", (), {"logits": logits, "loss": torch.nn.functional.cross_entropy(logits, labels)})
+
+
+def test_evaluate_accuracy_and_macro_f1() -> None:
+    ids = torch.tensor([1, 3, 2, 4, 5], dtype=torch.int32)  # predictions 1, 1, 0, 0, 1
+    data = Encoded(ids=ids, offsets=torch.arange(6), labels=torch.tensor([1, 0, 0, 0, 1]))
+    metrics = evaluate(Constant(), data, batch_size=2, pad_id=0, device=torch.device("cpu"), progress=False)
+    assert metrics["accuracy"] == pytest.approx(0.8)
+    # class 1: tp 2, fp 1, fn 0 -> 0.8; class 0: tp 2, fp 0, fn 1 -> 0.8
+    assert metrics["macro_f1"] == pytest.approx(0.8) and metrics["eval_examples"] == 5
+
+
+@pytest.mark.skipif(not Path("/proc/self/clear_refs").exists(), reason="peak reset needs Linux /proc")
+def test_peak_memory_is_per_run_after_a_reset() -> None:
+    cpu = torch.device("cpu")
+    big = torch.ones(100_000_000)  # 400 MB touched
+    del big
+    high = peak_memory_mb(cpu)
+    reset_peak_memory(cpu)
+    assert peak_memory_mb(cpu) < high - 300
