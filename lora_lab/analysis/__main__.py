@@ -34,7 +34,7 @@ def main(argv: list[str] | None = None) -> None:
     table = summarize(runs, load_reference(experiment, args.reference))
     print(to_markdown(table))
     written = write_tables(table, args.results)
-    model = runs["model"].iloc[0]
+    model = runs["model"].iloc[0].rsplit("/", 1)[-1]
     plot(
         table, args.results, title=f"{experiment}: {model}, {runs['train_examples'].iloc[0]:,} train examples"
     )

@@ -14,7 +14,8 @@ MARKERS = {
     "peft": ("s", "tab:orange", "LoRA (PEFT)"),
     NO_IMPL: ("D", "tab:green", "head-only / full"),
 }
-LABEL_GAP_PT = 11  # vertical space between labels that share an x position
+LABEL_GAP_PT = 11  # vertical distance between stacked labels
+LABEL_WIDTH_PT = 120  # points closer than this (horizontally) share a label column
 
 
 def plot(table: pd.DataFrame, out: str | Path | None = None, title: str = "") -> plt.Figure:
@@ -38,13 +39,13 @@ def plot(table: pd.DataFrame, out: str | Path | None = None, title: str = "") ->
             label=name,
             zorder=3,
         )
-    _label_points(ax, table)
     ax.set_xscale("log")
     ax.set_xlabel("trainable parameters (log scale)")
     ax.set_ylabel("accuracy (%)")
     ax.set_title(title)
     ax.grid(alpha=0.3, which="both", lw=0.5)
     ax.margins(x=0.12, y=0.08)
+    _label_points(ax, table)  # last: it places labels in the final coordinates
     ax.legend(loc="upper center", bbox_to_anchor=(0.5, -0.14), ncol=4, fontsize=8, frameon=False)
     fig.tight_layout()
     if out is not None:
@@ -71,22 +72,36 @@ def _draw_reference(ax: plt.Axes, table: pd.DataFrame) -> None:
 
 
 def _label_points(ax: plt.Axes, table: pd.DataFrame) -> None:
-    """One label per configuration, beside its points; labels at the same x are stacked, not overlapped."""
+    """One label per configuration. Points closer than a label's width form a cluster whose labels stand in
+    one column right of the cluster, ordered by accuracy, each tied to its point by a thin line."""
     points = table.groupby("configuration", sort=False).agg(
         x=("trainable_params", "first"), y=("accuracy", "mean")
     )
-    x_max = points["x"].max()
-    for _, same_x in points.groupby("x"):
-        same_x = same_x.sort_values("y")
-        middle = (len(same_x) - 1) / 2
-        for i, (label, row) in enumerate(same_x.iterrows()):
-            left = row["x"] == x_max  # the right-most point is labelled on its left, inside the axes
+    ax.get_xlim(), ax.get_ylim()  # settle autoscaling before converting to display coordinates
+    scale = 72 / ax.figure.dpi  # display pixels -> points
+    xy = {label: ax.transData.transform((r["x"], r["y"])) * scale for label, r in points.iterrows()}
+    clusters: list[list[str]] = []
+    for label in sorted(xy, key=lambda k: xy[k][0]):
+        if clusters and xy[label][0] - xy[clusters[-1][-1]][0] < LABEL_WIDTH_PT:
+            clusters[-1].append(label)
+        else:
+            clusters.append([label])
+    right_edge = ax.transData.transform((ax.get_xlim()[1], 0))[0] * scale
+    for cluster in clusters:
+        column_x = max(xy[k][0] for k in cluster) + 18
+        left = column_x + LABEL_WIDTH_PT > right_edge  # no room on the right: label on the left instead
+        heights = sorted(xy[k][1] for k in cluster)
+        start = sum(heights) / len(heights) - (len(cluster) - 1) * LABEL_GAP_PT / 2
+        for i, label in enumerate(sorted(cluster, key=lambda k: xy[k][1])):
+            x, y = xy[label]
+            dx = -12 if left else (column_x - x)
             ax.annotate(
                 label,
-                (row["x"], row["y"]),
-                xytext=(-10 if left else 10, (i - middle) * LABEL_GAP_PT),
+                (points.loc[label, "x"], points.loc[label, "y"]),
+                xytext=(dx, start + i * LABEL_GAP_PT - y),
                 textcoords="offset points",
                 fontsize=8,
                 va="center",
                 ha="right" if left else "left",
+                arrowprops={"arrowstyle": "-", "lw": 0.5, "color": "0.6", "shrinkA": 0, "shrinkB": 4},
             )
