@@ -106,23 +106,22 @@ class DropoutDown(torch.autograd.Function):
     """dropout(x) @ A^T that saves x and a 1-byte mask instead of the masked copy of x.
 
     Plain dropout keeps one float copy of x per adapted module (q, k and v each copy the same x); here the
-    modules share x, which autograd keeps once, and the masked input is rebuilt in backward.
+    modules share x, which autograd keeps once, and the masked input is rebuilt in backward. The 1/(1-p)
+    scale is applied to the rank-r side, and masking is a `where` on the bool mask (no float copy of it).
     """
 
     @staticmethod
     def forward(ctx, x: torch.Tensor, keep: torch.Tensor, lora_a: torch.Tensor, scale: float) -> torch.Tensor:
         ctx.save_for_backward(x, keep, lora_a)
         ctx.scale = scale
-        return (x * keep * scale) @ lora_a.T
+        return (torch.where(keep, x, 0) @ lora_a.T).mul_(scale)
 
     @staticmethod
     def backward(ctx, grad: torch.Tensor):
         x, keep, lora_a = ctx.saved_tensors
-        grad_x = grad_a = None
-        if ctx.needs_input_grad[0]:
-            grad_x = (grad @ lora_a) * keep * ctx.scale
-        if ctx.needs_input_grad[2]:
-            grad_a = grad.T @ (x * keep * ctx.scale)
+        grad = grad * ctx.scale  # (N, r): cheap to scale here
+        grad_x = torch.where(keep, grad @ lora_a, 0) if ctx.needs_input_grad[0] else None
+        grad_a = grad.T @ torch.where(keep, x, 0) if ctx.needs_input_grad[2] else None
         return grad_x, None, grad_a, None
 
 
