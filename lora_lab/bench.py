@@ -27,8 +27,6 @@ from torch import nn
 
 from lora_lab import assets, config, methods, models, quant
 from lora_lab.lora import merge
-from lora_lab.lora.inject import name_matches
-from lora_lab.models import family_of
 from lora_lab.train import peak_memory_mb, pick_device, reset_peak_memory
 
 
@@ -38,21 +36,15 @@ def build(args: argparse.Namespace, variant: str) -> nn.Module:
     cfg = config.compose(
         [f"model={args.model}", "model.pretrained=false", f"rank={args.rank}", f"dropout={args.dropout}"]
     )
-    model = models.load_model(
-        cfg.model, pad_token_id=0
-    )  # decoders pool on the last non-pad token; batches hold no 0
+    # Decoders pool on the last non-pad token; the fake batches never contain id 0.
+    model = models.load_model(cfg.model, pad_token_id=0)
     if args.quant:
-        quant.quantize_nf4(
-            model, compute_dtype=torch.bfloat16 if args.device_type == "cuda" else torch.float32
-        )
-    if variant == "floor":
-        model.requires_grad_(False)
-        for name, module in model.named_modules():
-            if name_matches(name, family_of(model).head):
-                module.requires_grad_(True)
+        on_cuda = args.device_type == "cuda"
+        quant.quantize_nf4(model, compute_dtype=torch.bfloat16 if on_cuda else torch.float32)
+    if variant == "floor":  # head-only, plus gradients flowing back through the whole frozen stack
+        cfg.method.kind = "head_only"
         model.get_input_embeddings().register_forward_hook(lambda _m, _i, out: out.requires_grad_(True))
-        return model
-    if variant == "full":
+    elif variant == "full":
         cfg.method.kind = "full"
     else:
         cfg.impl, cfg.method.targets = variant.split(":")
