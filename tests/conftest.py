@@ -28,6 +28,15 @@ if os.environ.get("CI") and not ASSETS.is_dir():
 
 requires_assets = pytest.mark.skipif(not ASSETS.is_dir(), reason=f"shared assets not found at {ASSETS}")
 
+_DECODER = {  # Llama and Qwen2 take the same arguments
+    "vocab_size": 100,
+    "hidden_size": 32,
+    "intermediate_size": 64,
+    "num_hidden_layers": 2,
+    "num_attention_heads": 4,
+    "num_key_value_heads": 2,
+    "pad_token_id": 0,
+}
 TINY_CONFIGS = {  # family: (config class, its arguments)
     "distilbert": (
         DistilBertConfig,
@@ -45,27 +54,11 @@ TINY_CONFIGS = {  # family: (config class, its arguments)
     ),
     "llama": (
         LlamaConfig,
-        {
-            "vocab_size": 100,
-            "hidden_size": 32,
-            "intermediate_size": 64,
-            "num_hidden_layers": 2,
-            "num_attention_heads": 4,
-            "num_key_value_heads": 2,
-            "pad_token_id": 0,
-        },
+        _DECODER,
     ),
     "qwen2": (
         Qwen2Config,
-        {
-            "vocab_size": 100,
-            "hidden_size": 32,
-            "intermediate_size": 64,
-            "num_hidden_layers": 2,
-            "num_attention_heads": 4,
-            "num_key_value_heads": 2,
-            "pad_token_id": 0,
-        },
+        _DECODER,
     ),
     "gpt2": (
         GPT2Config,
