@@ -27,7 +27,7 @@ from torch import nn
 
 from lora_lab import assets, config, methods, models, quant
 from lora_lab.lora import merge
-from lora_lab.train import peak_memory_mb, pick_device, reset_peak_memory
+from lora_lab.train import autocast, peak_memory_mb, pick_device, reset_peak_memory
 
 
 def build(args: argparse.Namespace, variant: str) -> nn.Module:
@@ -39,8 +39,7 @@ def build(args: argparse.Namespace, variant: str) -> nn.Module:
     # Decoders pool on the last non-pad token; the fake batches never contain id 0.
     model = models.load_model(cfg.model, pad_token_id=0)
     if args.quant:
-        on_cuda = args.device_type == "cuda"
-        quant.quantize_nf4(model, compute_dtype=torch.bfloat16 if on_cuda else torch.float32)
+        quant.quantize_nf4(model, on_cuda=args.device_type == "cuda")
     if variant == "floor":  # head-only, plus gradients flowing back through the whole frozen stack
         cfg.method.kind = "head_only"
         model.get_input_embeddings().register_forward_hook(lambda _m, _i, out: out.requires_grad_(True))
@@ -62,7 +61,7 @@ def fake_batch(model: nn.Module, args: argparse.Namespace, device: torch.device)
 
 
 def train_step(model: nn.Module, batch: dict, optimizer: torch.optim.Optimizer, device: torch.device) -> None:
-    with torch.autocast("cuda", dtype=torch.bfloat16, enabled=device.type == "cuda"):
+    with autocast(device):
         loss = model(**batch).loss
     loss.backward()
     optimizer.step()
@@ -122,10 +121,7 @@ def bench_inference(args: argparse.Namespace, device: torch.device) -> dict[str,
         variants[f"peft:{t} unmerged"] = build(args, f"peft:{t}").to(device).eval()
 
     def infer(model: nn.Module) -> None:
-        with (
-            torch.inference_mode(),
-            torch.autocast("cuda", dtype=torch.bfloat16, enabled=device.type == "cuda"),
-        ):
+        with torch.inference_mode(), autocast(device):
             model(**batch)
 
     return interleaved(

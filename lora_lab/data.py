@@ -143,6 +143,15 @@ def tokenize(
     return encoded
 
 
+def load_splits(cfg: DictConfig, tokenizer: PreTrainedTokenizerBase, seed: int) -> tuple[Encoded, Encoded]:
+    """The training and evaluation sets of a run: IMDB's train and test splits, subset and tokenised."""
+    frames = load_imdb(cfg)
+    return tuple(
+        tokenize(subset(frames[split], cfg[key], seed, key), tokenizer, cfg.max_length, cfg.cache_dir)
+        for split, key in (("train", "train_size"), ("test", "eval_size"))
+    )
+
+
 def _tokenizer_fingerprint(tokenizer: PreTrainedTokenizerBase) -> str:
     """What decides the token ids: the fast tokenizer's definition without its call-time truncation and
     padding state (which changes after the first call), or the vocabulary for a slow tokenizer."""

@@ -13,10 +13,10 @@ from torch import nn
 from lora_lab.lora.inject import is_head
 
 
-def quantize_nf4(
-    model: nn.Module, double_quant: bool = False, compute_dtype: torch.dtype = torch.float32
-) -> nn.Module:
-    """Replace every nn.Linear outside the output head by an NF4 Linear4bit holding the same weights."""
+def quantize_nf4(model: nn.Module, double_quant: bool = False, on_cuda: bool = False) -> nn.Module:
+    """Replace every nn.Linear outside the output head by an NF4 Linear4bit holding the same weights;
+    it computes in bf16 on CUDA, in fp32 on the CPU."""
+    compute_dtype = torch.bfloat16 if on_cuda else torch.float32
     try:
         import bitsandbytes as bnb
     except ImportError as err:

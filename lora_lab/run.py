@@ -36,23 +36,10 @@ def run(cfg: DictConfig) -> dict | None:
     torch.manual_seed(cfg.seed)  # the new head's init: the same for every method and impl
     model = models.load_model(cfg.model, pad_token_id=tokenizer.pad_token_id)
     if cfg.quant:
-        on_cuda = pick_device(cfg.trainer.device).type == "cuda"
-        quant.quantize_nf4(model, cfg.double_quant, torch.bfloat16 if on_cuda else torch.float32)
+        quant.quantize_nf4(model, cfg.double_quant, on_cuda=pick_device(cfg.trainer.device).type == "cuda")
     model = methods.prepare(model, cfg)
     trainable, total = params.count(model)
-    frames = data.load_imdb(cfg.data)
-    train_set = data.tokenize(
-        data.subset(frames["train"], cfg.data.train_size, cfg.seed, "train_size"),
-        tokenizer,
-        cfg.data.max_length,
-        cfg.data.cache_dir,
-    )
-    eval_set = data.tokenize(
-        data.subset(frames["test"], cfg.data.eval_size, cfg.seed, "eval_size"),
-        tokenizer,
-        cfg.data.max_length,
-        cfg.data.cache_dir,
-    )
+    train_set, eval_set = data.load_splits(cfg.data, tokenizer, cfg.seed)
     label = methods.row_label(cfg)
     impl = cfg.impl if cfg.method.kind == "lora" else None
     print(

@@ -113,7 +113,6 @@ def wandb_run(cfg: DictConfig, name: str) -> Iterator[object | None]:
         entity=cfg.logger.entity,
         group=cfg.logger.group,
         name=name,
-        id=None,
         config=resolved(cfg),
         dir=str(folder),
         mode=mode,
