@@ -22,6 +22,7 @@ from lora_lab.lora import (
     save_adapter,
     unmerge,
 )
+from lora_lab.lora.layer import effective_dropout, keep_mask
 from lora_lab.models import family_of
 
 
@@ -219,7 +220,33 @@ def test_training_forward_with_dropout_is_the_lora_formula() -> None:
     state = torch.get_rng_state()
     y = layer(x)
     torch.set_rng_state(state)
-    keep = torch.empty(6, 16, dtype=torch.bool).bernoulli_(0.75).view(2, 3, 16)
+    keep = keep_mask(torch.Size([6, 16]), 0.25, x.device).view(2, 3, 16)
     expected = layer.base_layer(x) + 2.0 * (x * keep / 0.75) @ layer.lora_A.T @ layer.lora_B.T
     torch.testing.assert_close(y, expected)
     assert 0.6 < keep.float().mean() < 0.9
+
+
+def test_keep_mask_rate_and_reproducibility() -> None:
+    """One million draws: the kept share is 1 - p within 5 binomial std (0.0015), in each of the four 15-bit
+    lanes of a word, and a reseeded generator repeats the mask."""
+    torch.manual_seed(0)
+    keep = keep_mask(torch.Size([1000, 1000]), 0.1, torch.device("cpu"))
+    torch.manual_seed(0)
+    assert torch.equal(keep, keep_mask(torch.Size([1000, 1000]), 0.1, torch.device("cpu")))
+    assert effective_dropout(0.1) == pytest.approx(0.1, abs=2**-16)
+    lanes = keep.view(-1, 4).float().mean(0)
+    torch.testing.assert_close(lanes, torch.full((4,), 0.9), rtol=0, atol=0.003)
+    assert abs(keep.float().mean().item() - 0.9) < 0.0015
+
+
+def test_lora_dropout_trains_under_bf16_autocast() -> None:
+    """The backward of the dropout path runs in the gradient's dtype (bf16 there) and returns fp32 grads."""
+    torch.manual_seed(0)
+    layer = LoRALinear(torch.nn.Linear(16, 8), rank=4, alpha=8, dropout=0.25).train()
+    x = torch.randn(5, 16, requires_grad=True)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        y = layer(x)
+    y.float().sum().backward()
+    assert y.dtype == torch.bfloat16
+    assert layer.lora_A.grad.dtype == torch.float32 and layer.lora_B.grad.abs().sum() > 0
+    assert x.grad.dtype == torch.float32 and torch.isfinite(x.grad).all()

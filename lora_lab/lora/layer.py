@@ -65,8 +65,8 @@ class LoRALinear(nn.Module):
             return y
         h = x.reshape(-1, x.shape[-1]).to(self.lora_A.dtype)
         if self.training and self.dropout > 0:
-            keep = torch.empty_like(h, dtype=torch.bool).bernoulli_(1 - self.dropout)
-            down = DropoutDown.apply(h, keep, self.lora_A, 1 / (1 - self.dropout))  # dropout(x) A^T
+            keep = keep_mask(h.shape, self.dropout, h.device)
+            down = DropoutDown.apply(h, keep, self.lora_A, 1 / (1 - effective_dropout(self.dropout)))
         else:
             down = h @ self.lora_A.T
         # y += s * (down B^T), in place: the base output is not needed for its own backward.
@@ -102,26 +102,49 @@ class LoRALinear(nn.Module):
         return f"rank={self.rank}, alpha={self.alpha}, dropout={self.dropout}, scaling={self.scaling:g}"
 
 
+MASK_BITS = 15  # each random 64-bit word yields four 15-bit draws (its top bit is always 0)
+
+
+def effective_dropout(p: float) -> float:
+    """The dropout rate `keep_mask` realises: p rounded to a multiple of 2**-15 (0.1 -> 0.100006)."""
+    return round(p * 2**MASK_BITS) / 2**MASK_BITS
+
+
+def keep_mask(shape: torch.Size, p: float, device: torch.device) -> torch.Tensor:
+    """A bool mask, True with probability 1 - effective_dropout(p), from torch's generator.
+
+    torch's CPU `bernoulli_` spends one generator call per element (6 ns each on this project's AMD CPU);
+    cutting each 64-bit `random_()` word into four 15-bit numbers costs 1.3 ns per element there.
+    """
+    n = math.prod(shape)
+    words = torch.empty((n + 3) // 4, dtype=torch.int64, device=device).random_()
+    words &= 0x7FFF_7FFF_7FFF_7FFF  # four uniform 15-bit numbers per word
+    return words.view(torch.int16)[:n].view(shape) >= round(p * 2**MASK_BITS)
+
+
 class DropoutDown(torch.autograd.Function):
     """dropout(x) @ A^T that saves x and a 1-byte mask instead of the masked copy of x.
 
     Plain dropout keeps one float copy of x per adapted module (q, k and v each copy the same x); here the
     modules share x, which autograd keeps once, and the masked input is rebuilt in backward. The 1/(1-p)
-    scale is applied to the rank-r side, and masking is a `where` on the bool mask (no float copy of it).
+    scale is applied on the rank-r side. The mask multiplies as uint8: on CPU that is twice as fast as
+    multiplying by a bool mask or `where`. Backward runs in the gradient's dtype, so that it works under
+    bf16 autocast, where the forward matmul ran in bf16.
     """
 
     @staticmethod
     def forward(ctx, x: torch.Tensor, keep: torch.Tensor, lora_a: torch.Tensor, scale: float) -> torch.Tensor:
+        keep = keep.view(torch.uint8)
         ctx.save_for_backward(x, keep, lora_a)
         ctx.scale = scale
-        return (torch.where(keep, x, 0) @ lora_a.T).mul_(scale)
+        return ((x * keep) @ lora_a.T).mul_(scale)
 
     @staticmethod
     def backward(ctx, grad: torch.Tensor):
         x, keep, lora_a = ctx.saved_tensors
         grad = grad * ctx.scale  # (N, r): cheap to scale here
-        grad_x = torch.where(keep, grad @ lora_a, 0) if ctx.needs_input_grad[0] else None
-        grad_a = grad.T @ torch.where(keep, x, 0) if ctx.needs_input_grad[2] else None
+        grad_x = (grad @ lora_a.to(grad.dtype)) * keep if ctx.needs_input_grad[0] else None
+        grad_a = grad.T @ (x * keep).to(grad.dtype) if ctx.needs_input_grad[2] else None
         return grad_x, None, grad_a, None
 
 
