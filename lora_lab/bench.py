@@ -27,7 +27,14 @@ from torch import nn
 
 from lora_lab import assets, config, methods, models, quant
 from lora_lab.lora import merge
-from lora_lab.train import autocast, peak_memory_mb, pick_device, reset_peak_memory
+from lora_lab.train import (
+    PRECISIONS,
+    autocast,
+    peak_memory_mb,
+    pick_device,
+    pick_precision,
+    reset_peak_memory,
+)
 
 
 def build(args: argparse.Namespace, variant: str) -> nn.Module:
@@ -60,8 +67,10 @@ def fake_batch(model: nn.Module, args: argparse.Namespace, device: torch.device)
     }
 
 
-def train_step(model: nn.Module, batch: dict, optimizer: torch.optim.Optimizer, device: torch.device) -> None:
-    with autocast(device):
+def train_step(
+    model: nn.Module, batch: dict, optimizer: torch.optim.Optimizer, device: torch.device, precision: str
+) -> None:
+    with autocast(device, precision):
         loss = model(**batch).loss
     loss.backward()
     optimizer.step()
@@ -105,7 +114,7 @@ def bench_training(args: argparse.Namespace, device: torch.device) -> dict[str, 
         model = build(args, variant).to(device).train()
         optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-5)
         batch = fake_batch(model, args, device)
-        jobs[variant] = lambda m=model, b=batch, o=optimizer: train_step(m, b, o, device)
+        jobs[variant] = lambda m=model, b=batch, o=optimizer: train_step(m, b, o, device, args.precision)
     return interleaved(jobs, args.rounds, args.warmup, device)
 
 
@@ -121,7 +130,7 @@ def bench_inference(args: argparse.Namespace, device: torch.device) -> dict[str,
         variants[f"peft:{t} unmerged"] = build(args, f"peft:{t}").to(device).eval()
 
     def infer(model: nn.Module) -> None:
-        with torch.inference_mode(), autocast(device):
+        with torch.inference_mode(), autocast(device, args.precision):
             model(**batch)
 
     return interleaved(
@@ -145,7 +154,7 @@ def memory_child(args: argparse.Namespace, device: torch.device) -> None:
     batch = fake_batch(model, args, device)
     reset_peak_memory(device)
     for _ in range(3):
-        train_step(model, batch, optimizer, device)
+        train_step(model, batch, optimizer, device, args.precision)
     print(json.dumps({"peak_memory_mb": peak_memory_mb(device)}))
 
 
@@ -172,6 +181,7 @@ def bench_e2e(args: argparse.Namespace) -> dict:
             "hydra.sweeper.params.impl=ours",
             *sizes,
             "trainer.progress=false",
+            f"trainer.precision={args.precision}",
             f"results_dir={tmp}/results",
             f"data.cache_dir={tmp}/cache",
         ]
@@ -268,6 +278,12 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--targets", nargs="+", default=["qv", "attn_ffn"])
     parser.add_argument("--device", default="auto")
     parser.add_argument("--threads", type=int, help="CPU threads (default: torch's)")
+    parser.add_argument(
+        "--precision",
+        choices=PRECISIONS,
+        default="auto",
+        help="as trainer.precision",
+    )
     parser.add_argument("--quant", choices=("nf4",), help="store the frozen base in 4-bit NF4 (QLoRA)")
     parser.add_argument("--rounds", type=int, default=10)
     parser.add_argument("--warmup", type=int, default=2)
@@ -289,11 +305,12 @@ def main(argv: list[str] | None = None) -> None:
         torch.set_num_threads(args.threads)
     device = pick_device(args.device)
     args.device_type = device.type
+    args.precision = pick_precision(args.precision, device)
     if args.memory_child:
         return memory_child(args, device)
     setup = (
         f"{args.model}{' nf4' if args.quant else ''}, batch {args.batch} x {args.seq} tokens, r={args.rank}, "
-        f"dropout {args.dropout}, "
+        f"dropout {args.dropout}, {args.precision}, "
         f"{device.type}, {torch.get_num_threads()} threads"
     )
     result = {"setup": setup, "args": {k: v for k, v in vars(args).items() if k != "out"}}
@@ -306,7 +323,9 @@ def main(argv: list[str] | None = None) -> None:
             result["peak_memory_mb"] = bench_memory(args)
     print(report(result, args))
     kind = (
-        f"e2e_n{args.train_size}" if args.e2e else f"b{args.batch}_s{args.seq}{'_nf4' if args.quant else ''}"
+        f"e2e_n{args.train_size}_{args.precision}"
+        if args.e2e
+        else f"b{args.batch}_s{args.seq}_{args.precision}{'_nf4' if args.quant else ''}"
     )
     out = args.out or Path("results/bench") / f"{args.model}_{device.type}_{kind}.json"
     out.parent.mkdir(parents=True, exist_ok=True)

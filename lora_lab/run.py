@@ -16,12 +16,14 @@ import torch
 from omegaconf import DictConfig
 
 from lora_lab import config, data, methods, models, params, quant, store
-from lora_lab.train import NonFiniteLoss, fit, pick_device
+from lora_lab.train import NonFiniteLoss, fit, pick_device, pick_precision
 
 
 def run(cfg: DictConfig) -> dict | None:
     """Train and evaluate one configuration and store its record; None when it was already complete."""
     methods.check(cfg)
+    device = pick_device(cfg.trainer.device)
+    pick_precision(cfg.trainer.precision, device)  # a bad value fails here, before any loading
     name = store.run_name(cfg)
     path = store.run_dir(cfg) / f"{name}.json"
     previous = store.read(path)
@@ -36,7 +38,7 @@ def run(cfg: DictConfig) -> dict | None:
     torch.manual_seed(cfg.seed)  # the new head's init: the same for every method and impl
     model = models.load_model(cfg.model, pad_token_id=tokenizer.pad_token_id)
     if cfg.quant:
-        quant.quantize_nf4(model, cfg.double_quant, on_cuda=pick_device(cfg.trainer.device).type == "cuda")
+        quant.quantize_nf4(model, cfg.double_quant, on_cuda=device.type == "cuda")
     model = methods.prepare(model, cfg)
     trainable, total = params.count(model)
     train_set, eval_set = data.load_splits(cfg.data, tokenizer, cfg.seed)

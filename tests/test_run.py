@@ -150,6 +150,7 @@ def bad_parquet_folder(tmp_path: Path) -> str:
         (["alpha=-1"], "alpha must be > 0"),
         (["dropout=1.5"], "dropout must be in [0, 1)"),
         (["impl=foo"], "impl='foo' is not one of"),
+        (["trainer.precision=fp64"], "trainer.precision='fp64' is not one of"),
         (["data.source=/nonexistent/imdb"], "data.source='/nonexistent/imdb' does not exist"),
         ([bad_parquet_folder], "no column(s) ['text']"),
         (["data.train_size=30000"], "data.train_size=30000 but the split has 25000 examples"),
