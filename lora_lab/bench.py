@@ -54,7 +54,10 @@ def build(args: argparse.Namespace, variant: str) -> nn.Module:
         cfg.method.kind = "full"
     else:
         cfg.impl, cfg.method.targets = variant.split(":")
-    return methods.prepare(model, cfg)
+    model = methods.prepare(model, cfg)
+    if args.checkpointing:  # as trainer.gradient_checkpointing does it
+        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+    return model
 
 
 def fake_batch(model: nn.Module, args: argparse.Namespace, device: torch.device) -> dict[str, torch.Tensor]:
@@ -284,6 +287,9 @@ def main(argv: list[str] | None = None) -> None:
         default="auto",
         help="as trainer.precision",
     )
+    parser.add_argument(
+        "--checkpointing", action="store_true", help="gradient checkpointing in every variant (less memory)"
+    )
     parser.add_argument("--quant", choices=("nf4",), help="store the frozen base in 4-bit NF4 (QLoRA)")
     parser.add_argument("--rounds", type=int, default=10)
     parser.add_argument("--warmup", type=int, default=2)
@@ -309,8 +315,8 @@ def main(argv: list[str] | None = None) -> None:
     if args.memory_child:
         return memory_child(args, device)
     setup = (
-        f"{args.model}{' nf4' if args.quant else ''}, batch {args.batch} x {args.seq} tokens, r={args.rank}, "
-        f"dropout {args.dropout}, {args.precision}, "
+        f"{args.model}{' nf4' if args.quant else ''}{' checkpointed' if args.checkpointing else ''}, "
+        f"batch {args.batch} x {args.seq} tokens, r={args.rank}, dropout {args.dropout}, {args.precision}, "
         f"{device.type}, {torch.get_num_threads()} threads"
     )
     result = {"setup": setup, "args": {k: v for k, v in vars(args).items() if k != "out"}}
@@ -325,7 +331,8 @@ def main(argv: list[str] | None = None) -> None:
     kind = (
         f"e2e_n{args.train_size}_{args.precision}"
         if args.e2e
-        else f"b{args.batch}_s{args.seq}_{args.precision}{'_nf4' if args.quant else ''}"
+        else f"b{args.batch}_s{args.seq}_{args.precision}{'_ckpt' if args.checkpointing else ''}"
+        f"{'_nf4' if args.quant else ''}"
     )
     out = args.out or Path("results/bench") / f"{args.model}_{device.type}_{kind}.json"
     out.parent.mkdir(parents=True, exist_ok=True)

@@ -18,7 +18,7 @@ from transformers import (
     PreTrainedTokenizerBase,
 )
 
-from lora_lab import assets
+from lora_lab import assets, dropout
 
 
 @dataclass(frozen=True)
@@ -109,7 +109,8 @@ def load_tokenizer(cfg: DictConfig) -> PreTrainedTokenizerBase:
 
 
 def load_model(cfg: DictConfig, num_labels: int = 2, pad_token_id: int | None = None) -> nn.Module:
-    """A sequence classifier: pretrained weights when `cfg.pretrained`, else random init from the config."""
+    """A sequence classifier: pretrained weights when `cfg.pretrained`, else random init from the config;
+    its dropout draws cheap masks (`lora_lab.dropout`)."""
     overrides = OmegaConf.to_container(cfg.config, resolve=True) if cfg.get("config") else {}
     source = assets.resolve(cfg.name, cfg.get("local"))
     try:
@@ -131,4 +132,4 @@ def load_model(cfg: DictConfig, num_labels: int = 2, pad_token_id: int | None = 
         ) from err
     if pad_token_id is not None and model.config.pad_token_id is None:
         model.config.pad_token_id = pad_token_id  # decoders pool on the last non-pad token
-    return model
+    return dropout.install(model)

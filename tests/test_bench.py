@@ -12,7 +12,14 @@ from lora_lab import bench
 from lora_lab.params import count
 
 ARGS = argparse.Namespace(
-    model="tiny_bert", batch=2, seq=16, rank=4, dropout=0.1, quant=None, device_type="cpu"
+    model="tiny_bert",
+    batch=2,
+    seq=16,
+    rank=4,
+    dropout=0.1,
+    quant=None,
+    device_type="cpu",
+    checkpointing=False,
 )
 
 

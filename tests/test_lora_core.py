@@ -12,6 +12,7 @@ from conftest import batch, tiny_model
 from peft import LoraConfig, PeftModel, TaskType, get_peft_model
 
 from lora_lab import params
+from lora_lab.dropout import effective_dropout, keep_mask
 from lora_lab.lora import (
     LoRALinear,
     apply_lora,
@@ -22,7 +23,6 @@ from lora_lab.lora import (
     save_adapter,
     unmerge,
 )
-from lora_lab.lora.layer import effective_dropout, keep_mask
 from lora_lab.models import family_of
 
 

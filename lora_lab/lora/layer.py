@@ -15,6 +15,8 @@ import torch
 from torch import nn
 from transformers.pytorch_utils import Conv1D
 
+from lora_lab.dropout import effective_dropout, keep_mask
+
 INITS = ("kaiming", "gaussian")
 
 
@@ -100,26 +102,6 @@ class LoRALinear(nn.Module):
 
     def extra_repr(self) -> str:
         return f"rank={self.rank}, alpha={self.alpha}, dropout={self.dropout}, scaling={self.scaling:g}"
-
-
-MASK_BITS = 15  # each random 64-bit word yields four 15-bit draws (its top bit is always 0)
-
-
-def effective_dropout(p: float) -> float:
-    """The dropout rate `keep_mask` realises: p rounded to a multiple of 2**-15 (0.1 -> 0.100006)."""
-    return round(p * 2**MASK_BITS) / 2**MASK_BITS
-
-
-def keep_mask(shape: torch.Size, p: float, device: torch.device) -> torch.Tensor:
-    """A bool mask, True with probability 1 - effective_dropout(p), from torch's generator.
-
-    torch's CPU `bernoulli_` spends one generator call per element (6 ns each on this project's AMD CPU);
-    cutting each 64-bit `random_()` word into four 15-bit numbers costs 1.3 ns per element there.
-    """
-    n = math.prod(shape)
-    words = torch.empty((n + 3) // 4, dtype=torch.int64, device=device).random_()
-    words &= 0x7FFF_7FFF_7FFF_7FFF  # four uniform 15-bit numbers per word
-    return words.view(torch.int16)[:n].view(shape) >= round(p * 2**MASK_BITS)
 
 
 class DropoutDown(torch.autograd.Function):

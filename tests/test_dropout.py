@@ -1,0 +1,84 @@
+"""The cheap-mask dropout: the same formula as plain dropout with its own mask, swapped into whole models."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+import torch.nn.functional as F
+from conftest import batch, tiny_model
+
+from lora_lab import dropout, methods
+from lora_lab.config import compose
+
+
+def test_dropout_layer_is_x_times_mask_over_keep_rate() -> None:
+    layer = dropout.Dropout(0.3).train()
+    x = torch.randn(4, 7, 5, requires_grad=True)
+    state = torch.get_rng_state()
+    y = layer(x)
+    torch.set_rng_state(state)
+    keep = dropout.keep_mask(x.shape, 0.3, x.device)
+    torch.testing.assert_close(y, x * keep / (1 - dropout.effective_dropout(0.3)))
+    y.sum().backward()
+    torch.testing.assert_close(x.grad, keep / (1 - dropout.effective_dropout(0.3)))
+    assert torch.equal(layer.eval()(x), x)
+
+
+@pytest.mark.parametrize("mask_kind", ["bool", "additive", "none"])
+def test_attention_with_dropout_is_softmax_attention_with_the_replayed_mask(mask_kind: str) -> None:
+    module = torch.nn.Module()  # an encoder's attention: not causal, no grouped heads
+    module.is_causal = False
+    q, k, v = (torch.randn(2, 3, 6, 4) for _ in range(3))
+    allowed = torch.ones(2, 1, 6, 6, dtype=torch.bool)
+    allowed[0, ..., 4:] = False  # the first sequence has two padding positions
+    mask = {
+        "bool": allowed,
+        "additive": torch.zeros(2, 1, 6, 6).masked_fill(~allowed, torch.finfo(torch.float32).min),
+        "none": None,
+    }[mask_kind]
+    state = torch.get_rng_state()
+    out, _ = dropout.attention(module, q, k, v, mask, dropout=0.2, scaling=0.5)
+    torch.set_rng_state(state)
+    scores = (q @ k.transpose(-2, -1)) * 0.5
+    if mask is not None:
+        scores = scores.masked_fill(~allowed, float("-inf"))
+    probs = scores.softmax(-1)
+    keep = dropout.keep_mask(probs.shape, 0.2, probs.device)
+    expected = (probs * keep / (1 - dropout.effective_dropout(0.2))) @ v
+    torch.testing.assert_close(out, expected.transpose(1, 2))
+    # Without dropout it is SDPA itself.
+    plain, _ = dropout.attention(module, q, k, v, mask, dropout=0.0, scaling=0.5)
+    sdpa = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, scale=0.5)
+    torch.testing.assert_close(plain, sdpa.transpose(1, 2))
+
+
+@pytest.mark.parametrize("family", ["bert", "distilbert", "llama"])
+def test_installed_model_keeps_eval_outputs_and_trains(family: str) -> None:
+    plain = tiny_model(family).eval()
+    fast = dropout.install(tiny_model(family)).eval()
+    assert not any(type(m) is torch.nn.Dropout for m in fast.modules())
+    inputs = batch()
+    torch.testing.assert_close(fast(**inputs).logits, plain(**inputs).logits, rtol=0, atol=0)
+    fast.train()
+    torch.manual_seed(0)
+    first = fast(**inputs).loss
+    torch.manual_seed(0)
+    assert fast(**inputs).loss == first  # the masks come from torch's generator
+    first.backward()
+    assert all(torch.isfinite(p.grad).all() for p in fast.parameters() if p.grad is not None)
+
+
+@pytest.mark.parametrize("family", ["bert", "distilbert"])
+def test_checkpointing_replays_the_dropout_masks(family: str) -> None:
+    """Recomputed forwards must draw the masks they drew the first time, or gradients would be wrong."""
+    cfg = compose(["method=attn_ffn_r8"])  # LoRA dropout 0.1 as well as the model's own
+    grads = []
+    for checkpointing in (False, True):
+        model = methods.prepare(dropout.install(tiny_model(family)), cfg).train()
+        if checkpointing:
+            model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+        torch.manual_seed(1)
+        model(**batch()).loss.backward()
+        grads.append({n: p.grad for n, p in model.named_parameters() if p.requires_grad})
+    for name in grads[0]:
+        torch.testing.assert_close(grads[0][name], grads[1][name], rtol=1e-4, atol=1e-6, msg=name)
