@@ -66,14 +66,17 @@ def attention(
     causal = getattr(module, "is_causal", False) or getattr(module, "num_key_value_groups", 1) > 1
     if dropout == 0 or causal:
         return sdpa_attention_forward(module, query, key, value, attention_mask, dropout, scaling, **kwargs)
-    scores = (query @ key.transpose(-2, -1)) * (query.shape[-1] ** -0.5 if scaling is None else scaling)
+    # The scales go on the (seq x head_dim) sides, not on the (seq x seq) scores.
+    scores = (query * (query.shape[-1] ** -0.5 if scaling is None else scaling)) @ key.transpose(-2, -1)
     if attention_mask is not None:  # SDPA's mask: bool (True = attend) or additive
         if attention_mask.dtype == torch.bool:
             scores = scores.masked_fill(~attention_mask, torch.finfo(scores.dtype).min)
         else:
             scores = scores + attention_mask
-    probs = apply_dropout(scores.softmax(-1), dropout)
-    return (probs @ value).transpose(1, 2).contiguous(), None
+    probs = scores.softmax(-1)
+    kept = probs * keep_mask(probs.shape, dropout, probs.device).view(torch.uint8)
+    out = (kept @ value).mul_(1 / (1 - effective_dropout(dropout)))
+    return out.transpose(1, 2).contiguous(), None
 
 
 AttentionInterface.register(ATTENTION, attention)

@@ -65,7 +65,11 @@ class LoRALinear(nn.Module):
         y = self.base_layer(x)
         if self.merged or not self.enabled:
             return y
-        h = x.reshape(-1, x.shape[-1]).to(self.lora_A.dtype)
+        # The dtype the down-projection runs in: autocast's (cast once here, so that masking and the saved
+        # input are in bf16 too), else the adapter's (fp32 adapters on a 4-bit or 16-bit base).
+        device = x.device.type
+        dtype = torch.get_autocast_dtype(device) if torch.is_autocast_enabled(device) else self.lora_A.dtype
+        h = x.reshape(-1, x.shape[-1]).to(dtype)
         if self.training and self.dropout > 0:
             keep = keep_mask(h.shape, self.dropout, h.device)
             down = DropoutDown.apply(h, keep, self.lora_A, 1 / (1 - effective_dropout(self.dropout)))
