@@ -111,11 +111,11 @@ class LoRALinear(nn.Module):
 class DropoutDown(torch.autograd.Function):
     """dropout(x) @ A^T that saves x and a 1-byte mask instead of the masked copy of x.
 
-    Plain dropout keeps one float copy of x per adapted module (q, k and v each copy the same x); here the
-    modules share x, which autograd keeps once, and the masked input is rebuilt in backward. The 1/(1-p)
-    scale is applied on the rank-r side. The mask multiplies as uint8: on CPU that is twice as fast as
-    multiplying by a bool mask or `where`. Backward runs in the gradient's dtype, so that it works under
-    bf16 autocast, where the forward matmul ran in bf16.
+    Plain dropout keeps one float copy of x per adapted module (q, k and v each copy the same x); here, in
+    fp32, the modules share x, which autograd keeps once (under autocast each keeps its own bf16 cast, half
+    the bytes), and the masked input is rebuilt in backward. The 1/(1-p) scale is applied on the rank-r
+    side. The mask multiplies as uint8: on CPU that is twice as fast as by a bool mask or `where`. Backward
+    runs in the gradient's dtype, so that it works under bf16 autocast, where the forward matmul ran in bf16.
     """
 
     @staticmethod
