@@ -32,8 +32,9 @@ PRECISIONS = ("auto", "bf16", "fp32")
 
 
 def pick_precision(name: str, device: torch.device) -> str:
-    """ "bf16" or "fp32". auto: bf16 where the hardware multiplies bf16 natively (CUDA with bf16, CPUs with
-    AVX512-BF16 or AMX, where a bf16 matmul runs 2.6x faster than fp32 on this project's CPU), else fp32."""
+    """trainer.precision resolved to bf16 or fp32. auto: bf16 where the hardware multiplies bf16 natively
+    (CUDA with bf16, CPUs with AVX512-BF16 or AMX: a bf16 matmul runs 2.6x faster than fp32 on this project's
+    CPU), else fp32."""
     if name not in PRECISIONS:
         raise ValueError(f"trainer.precision={name!r} is not one of {PRECISIONS}; use trainer.precision=auto")
     if name != "auto":

@@ -84,6 +84,15 @@ def test_empty_and_mixed_folders_are_refused(tmp_path) -> None:
     )
     with pytest.raises(ValueError, match="mixes runs with different model"):
         analysis.load_runs(folder)
+    folder = write_store(
+        tmp_path / "precisions",
+        [
+            record("Q+V (r=8)", "ours", 0, 0.9, precision="fp32"),
+            record("Q+V (r=8)", "peft", 0, 0.9, precision="bf16"),
+        ],
+    )
+    with pytest.raises(ValueError, match=r"mixes runs with different precision \(bf16, fp32\)"):
+        analysis.load_runs(folder)
 
 
 def test_wandb_source_reads_the_same_fields(monkeypatch) -> None:

@@ -11,6 +11,19 @@ from lora_lab import dropout, methods
 from lora_lab.config import compose
 
 
+def test_keep_mask_rate_and_reproducibility() -> None:
+    """One million draws: the kept share is 1 - p within 5 binomial std (0.0015), in each of the four 15-bit
+    lanes of a word, and a reseeded generator repeats the mask."""
+    torch.manual_seed(0)
+    keep = dropout.keep_mask(torch.Size([1000, 1000]), 0.1, torch.device("cpu"))
+    torch.manual_seed(0)
+    assert torch.equal(keep, dropout.keep_mask(torch.Size([1000, 1000]), 0.1, torch.device("cpu")))
+    assert dropout.effective_dropout(0.1) == pytest.approx(0.1, abs=2**-16)
+    lanes = keep.view(-1, 4).float().mean(0)
+    torch.testing.assert_close(lanes, torch.full((4,), 0.9), rtol=0, atol=0.003)
+    assert abs(keep.float().mean().item() - 0.9) < 0.0015
+
+
 def test_dropout_layer_is_x_times_mask_over_keep_rate() -> None:
     layer = dropout.Dropout(0.3).train()
     x = torch.randn(4, 7, 5, requires_grad=True)

@@ -25,6 +25,7 @@ FIELDS = (
     "eval_examples",
     "train_wall_s",
     "train_examples_per_s",
+    "precision",
     "status",
 )
 NO_IMPL = "—"  # head-only and full fine-tuning have no LoRA implementation
@@ -56,7 +57,7 @@ def frame(records: list[dict], where: str) -> pd.DataFrame:
     df = df[df["status"] == "complete"].copy()
     if df.empty:
         raise ValueError(f"{where} has {len(records)} record(s) but none complete")
-    for key in ("experiment", "model", "train_examples", "eval_examples"):
+    for key in ("experiment", "model", "train_examples", "eval_examples", "precision"):
         values = sorted(df[key].dropna().astype(str).unique())
         if len(values) > 1:
             raise ValueError(
