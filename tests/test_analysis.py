@@ -89,9 +89,10 @@ def test_empty_and_mixed_folders_are_refused(tmp_path) -> None:
         [
             record("Q+V (r=8)", "ours", 0, 0.9, precision="fp32"),
             record("Q+V (r=8)", "peft", 0, 0.9, precision="bf16"),
+            record("Q+V (r=4)", "ours", 0, 0.9),  # older records say nothing of precision
         ],
     )
-    with pytest.raises(ValueError, match=r"mixes runs with different precision \(bf16, fp32\)"):
+    with pytest.raises(ValueError, match=r"mixes runs with different precision \(bf16, fp32, unrecorded\)"):
         analysis.load_runs(folder)
 
 

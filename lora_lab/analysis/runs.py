@@ -57,6 +57,7 @@ def frame(records: list[dict], where: str) -> pd.DataFrame:
     df = df[df["status"] == "complete"].copy()
     if df.empty:
         raise ValueError(f"{where} has {len(records)} record(s) but none complete")
+    df["precision"] = df["precision"].fillna("unrecorded")  # records made before trainer.precision existed
     for key in ("experiment", "model", "train_examples", "eval_examples", "precision"):
         values = sorted(df[key].dropna().astype(str).unique())
         if len(values) > 1:
