@@ -26,6 +26,11 @@ def effective_dropout(p: float) -> float:
     return round(p * 2**MASK_BITS) / 2**MASK_BITS
 
 
+def keep_scale(p: float) -> float:
+    """1 / (1 - p) for the rate `keep_mask` realises: what kept values are multiplied by."""
+    return 1 / (1 - effective_dropout(p))
+
+
 def keep_mask(shape: torch.Size, p: float, device: torch.device) -> torch.Tensor:
     """A bool mask, True with probability 1 - effective_dropout(p), from torch's generator."""
     n = math.prod(shape)
@@ -38,7 +43,7 @@ def apply_dropout(x: torch.Tensor, p: float) -> torch.Tensor:
     """Training-mode dropout of x with a `keep_mask`. Multiplying by the mask as uint8 is twice as fast on
     CPU as by a bool mask, and autograd keeps that 1-byte mask for backward."""
     keep = keep_mask(x.shape, p, x.device).view(torch.uint8)
-    return (x * keep).mul_(1 / (1 - effective_dropout(p)))
+    return (x * keep).mul_(keep_scale(p))
 
 
 class Dropout(nn.Dropout):
@@ -75,7 +80,7 @@ def attention(
             scores = scores + attention_mask
     probs = scores.softmax(-1)
     kept = probs * keep_mask(probs.shape, dropout, probs.device).view(torch.uint8)
-    out = (kept @ value).mul_(1 / (1 - effective_dropout(dropout)))
+    out = (kept @ value).mul_(keep_scale(dropout))
     return out.transpose(1, 2).contiguous(), None
 
 

@@ -15,7 +15,7 @@ import torch
 from torch import nn
 from transformers.pytorch_utils import Conv1D
 
-from lora_lab.dropout import effective_dropout, keep_mask
+from lora_lab.dropout import keep_mask, keep_scale
 
 INITS = ("kaiming", "gaussian")
 
@@ -72,7 +72,7 @@ class LoRALinear(nn.Module):
         h = x.reshape(-1, x.shape[-1]).to(dtype)
         if self.training and self.dropout > 0:
             keep = keep_mask(h.shape, self.dropout, h.device)
-            down = DropoutDown.apply(h, keep, self.lora_A, 1 / (1 - effective_dropout(self.dropout)))
+            down = DropoutDown.apply(h, keep, self.lora_A, keep_scale(self.dropout))
         else:
             down = h @ self.lora_A.T
         # y += s * (down B^T), in place: the base output is not needed for its own backward.
