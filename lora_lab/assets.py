@@ -1,15 +1,23 @@
 """Where models and data come from: a local asset root when one is set up, else the Hugging Face Hub.
 
 Set LORA_LAB_ASSETS to a folder laid out like ../shared (models/<name>/, data/imdb/*.parquet) and every
-config runs offline; leave it unset and the same configs download from the Hub.
+config runs offline; leave it unset and the same configs download from the Hub. Before the first download
+the Hub is looked at once (a few seconds at most), so a machine without it gets one clear error at once
+instead of a minute of retries; HF_HUB_OFFLINE=1 skips that look and reads the Hugging Face cache.
 """
 
 from __future__ import annotations
 
 import os
+import socket
+from functools import cache
 from pathlib import Path
+from urllib.parse import urlparse
+
+from huggingface_hub import constants
 
 ENV_VAR = "LORA_LAB_ASSETS"
+PROBE_TIMEOUT_S = 3
 
 
 def asset_root() -> Path | None:
@@ -22,21 +30,58 @@ def is_path(name: str) -> bool:
     return name.startswith((".", "/", "~")) or name.count("/") > 1 or Path(name).expanduser().exists()
 
 
-def resolve(hub_id: str, local: str | None) -> str:
-    """`hub_id` itself when it is a path; else the folder `local` under the asset root when that exists;
-    else the Hub id."""
+@cache
+def unreachable(url: str) -> str | None:
+    """Why the host of `url` cannot be reached (one TCP connection, PROBE_TIMEOUT_S at most), or None."""
+    parsed = urlparse(url)
+    port = parsed.port or (443 if parsed.scheme == "https" else 80)
+    try:
+        socket.create_connection((parsed.hostname, port), timeout=PROBE_TIMEOUT_S).close()
+    except OSError as err:
+        return f"{parsed.hostname}: {err.strerror or err}"
+    return None
+
+
+def on_disk(hub_id: str, local: str | None) -> str | None:
+    """`hub_id` itself when it is a path, else the folder `local` under the asset root when that exists."""
     if is_path(hub_id):
         return str(Path(hub_id).expanduser())
     root = asset_root()
     if local and root is not None and (root / local).exists():
         return str(root / local)
+    return None
+
+
+def resolve(hub_id: str, local: str | None, what: str, hint: str = "") -> str:
+    """The copy on disk (`on_disk`), else the Hub id once the Hub has answered (or HF_HUB_OFFLINE=1 says to
+    use the cache). `what` and `hint` go into the error: what was being loaded, and which settings would
+    work here instead."""
+    path = on_disk(hub_id, local)
+    if path is not None:
+        return path
+    why = None if constants.HF_HUB_OFFLINE else unreachable(constants.ENDPOINT)
+    if why:
+        raise FileNotFoundError(
+            f"{what} {hub_id!r} is not under {_local_place(local)} and the Hugging Face Hub is unreachable "
+            f"({why}); {hint or _fix(local)}, or set HF_HUB_OFFLINE=1 to use the Hugging Face cache"
+        )
     return hub_id
 
 
 def describe_lookup(hub_id: str, local: str | None) -> str:
-    """One line saying what was tried, for error messages."""
+    """One line saying what was tried, for errors after the Hub (or the cache) did not have it."""
+    return (
+        f"not under {_local_place(local)}, and the Hub id {hub_id!r} failed "
+        f"(not on the Hub, or not in the cache with HF_HUB_OFFLINE=1); {_fix(local)}"
+    )
+
+
+def _local_place(local: str | None) -> str:
     root = asset_root()
-    where = f"{root / local}" if (root and local) else f"${ENV_VAR}/{local}" if local else None
-    tried = f"local {where} (not found), then " if where else ""
-    fix = f"set {ENV_VAR} to a folder holding {local}" if local else "pass a local path"
-    return f"tried {tried}the Hub id {hub_id!r} (unreachable); {fix}"
+    if not local:
+        return "the asset root (this config names no local folder)"
+    return str(root / local) if root else f"${ENV_VAR}/{local} (${ENV_VAR} is not set)"
+
+
+def _fix(local: str | None) -> str:
+    return f"set {ENV_VAR} to a folder holding {local}" if local else "pass a local path"

@@ -25,16 +25,20 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from lora_lab import assets, config, methods, models, quant
+from lora_lab import assets, config, dropout, methods, models, quant
 from lora_lab.lora import merge
 from lora_lab.train import (
     PRECISIONS,
     autocast,
     peak_memory_mb,
+    pick_cheap_dropout,
     pick_device,
     pick_precision,
     reset_peak_memory,
+    train_step,
 )
+
+GRAD_CLIP = config.compose().trainer.grad_clip  # the runner's default, so a step here is a step there
 
 
 def build(args: argparse.Namespace, variant: str) -> nn.Module:
@@ -45,6 +49,8 @@ def build(args: argparse.Namespace, variant: str) -> nn.Module:
     )
     # Decoders pool on the last non-pad token; the fake batches never contain id 0.
     model = models.load_model(cfg.model, pad_token_id=0)
+    if args.cheap_dropout:
+        dropout.install(model)
     if args.quant:
         quant.quantize_nf4(model, on_cuda=args.device_type == "cuda")
     if variant == "floor":  # head-only, plus gradients flowing back through the whole frozen stack
@@ -68,16 +74,6 @@ def fake_batch(model: nn.Module, args: argparse.Namespace, device: torch.device)
         "attention_mask": torch.ones_like(ids).to(device),
         "labels": torch.randint(0, 2, (args.batch,), generator=g).to(device),
     }
-
-
-def train_step(
-    model: nn.Module, batch: dict, optimizer: torch.optim.Optimizer, device: torch.device, precision: str
-) -> None:
-    with autocast(device, precision):
-        loss = model(**batch).loss
-    loss.backward()
-    optimizer.step()
-    optimizer.zero_grad(set_to_none=True)
 
 
 def timed(fn, device: torch.device) -> float:
@@ -117,7 +113,9 @@ def bench_training(args: argparse.Namespace, device: torch.device) -> dict[str, 
         model = build(args, variant).to(device).train()
         optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-5)
         batch = fake_batch(model, args, device)
-        jobs[variant] = lambda m=model, b=batch, o=optimizer: train_step(m, b, o, device, args.precision)
+        jobs[variant] = lambda m=model, b=batch, o=optimizer: train_step(
+            m, b, o, GRAD_CLIP, device, args.precision
+        )
     return interleaved(jobs, args.rounds, args.warmup, device)
 
 
@@ -157,7 +155,7 @@ def memory_child(args: argparse.Namespace, device: torch.device) -> None:
     batch = fake_batch(model, args, device)
     reset_peak_memory(device)
     for _ in range(3):
-        train_step(model, batch, optimizer, device, args.precision)
+        train_step(model, batch, optimizer, GRAD_CLIP, device, args.precision)
     print(json.dumps({"peak_memory_mb": peak_memory_mb(device)}))
 
 
@@ -288,6 +286,12 @@ def main(argv: list[str] | None = None) -> None:
         help="as trainer.precision",
     )
     parser.add_argument(
+        "--cheap-dropout",
+        choices=("auto", "true", "false"),
+        default="auto",
+        help="as trainer.cheap_dropout (auto: on the CPU only)",
+    )
+    parser.add_argument(
         "--checkpointing", action="store_true", help="gradient checkpointing in every variant (less memory)"
     )
     parser.add_argument("--quant", choices=("nf4",), help="store the frozen base in 4-bit NF4 (QLoRA)")
@@ -307,16 +311,20 @@ def main(argv: list[str] | None = None) -> None:
         "--out", type=Path, help="JSON file (default: results/bench/<model>_<device>_b<batch>_s<seq>.json)"
     )
     args = parser.parse_args(argv)
+    models.quiet_libraries()
     if args.threads:
         torch.set_num_threads(args.threads)
     device = pick_device(args.device)
     args.device_type = device.type
     args.precision = pick_precision(args.precision, device)
+    setting = {"true": True, "false": False}.get(args.cheap_dropout, "auto")
+    args.cheap_dropout = pick_cheap_dropout(setting, device)
     if args.memory_child:
         return memory_child(args, device)
     setup = (
         f"{args.model}{' nf4' if args.quant else ''}{' checkpointed' if args.checkpointing else ''}, "
         f"batch {args.batch} x {args.seq} tokens, r={args.rank}, dropout {args.dropout}, {args.precision}, "
+        f"{'cheap' if args.cheap_dropout else 'torch'} dropout masks, "
         f"{device.type}, {torch.get_num_threads()} threads"
     )
     result = {"setup": setup, "args": {k: v for k, v in vars(args).items() if k != "out"}}

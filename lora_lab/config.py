@@ -1,4 +1,4 @@
-"""The Hydra config tree in conf/: where it lives, its resolvers, and composing it from Python."""
+"""The Hydra config tree in conf/: where it lives, its resolvers, composing it, and checking values."""
 
 from __future__ import annotations
 
@@ -21,3 +21,17 @@ def compose(overrides: Sequence[str] = ()) -> DictConfig:
     """The config `python -m lora_lab.run <overrides>` would see, without running anything."""
     with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
         return hydra_compose(config_name="config", overrides=list(overrides))
+
+
+def is_int(value: object) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def is_number(value: object) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
+def require(ok: bool, setting: str, value: object, expected: str) -> None:
+    """Raise the one-line user error `setting=value: use <expected>` unless `ok`."""
+    if not ok:
+        raise ValueError(f"{setting}={value!r} is not allowed; use {expected}")

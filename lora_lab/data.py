@@ -22,14 +22,24 @@ from transformers import PreTrainedTokenizerBase
 
 from lora_lab import assets
 from lora_lab.atomic import write_atomic
+from lora_lab.config import is_int, require
 
 SPLITS = ("train", "test")
 COLUMNS = ("text", "label")
 
 
+def check(cfg: DictConfig) -> None:
+    """Reject sizes that cannot work before anything is read (subset() checks them against the data)."""
+    for key in ("train_size", "eval_size"):
+        ok = cfg[key] is None or (is_int(cfg[key]) and cfg[key] >= 1)
+        require(ok, f"data.{key}", cfg[key], "a whole number of examples >= 1, or null for the whole split")
+    require(is_int(cfg.max_length) and cfg.max_length >= 2, "data.max_length", cfg.max_length, "tokens >= 2")
+    require(is_int(cfg.eval_seed) and cfg.eval_seed >= 0, "data.eval_seed", cfg.eval_seed, "an integer >= 0")
+
+
 def load_imdb(cfg: DictConfig) -> dict[str, pd.DataFrame]:
     """{"train": frame, "test": frame} with columns text (str) and label (int)."""
-    source = assets.resolve(cfg.source, cfg.get("local"))
+    source = assets.resolve(cfg.source, cfg.get("local"), "data.source")
     if Path(source).is_dir():
         frames = _read_folder(Path(source))
     elif assets.is_path(source):
@@ -45,6 +55,8 @@ def load_imdb(cfg: DictConfig) -> dict[str, pd.DataFrame]:
                 f"data.source={source!r}: the {split} split has no column(s) {missing} "
                 f"(found {list(frame.columns)}); IMDB-style data needs 'text' and 'label'"
             )
+        if frame.empty:
+            raise ValueError(f"data.source={source!r}: the {split} split holds no examples; point it at data")
         frames[split] = frame[list(COLUMNS)].astype({"label": "int64"}).reset_index(drop=True)
     return frames
 
@@ -144,11 +156,13 @@ def tokenize(
 
 
 def load_splits(cfg: DictConfig, tokenizer: PreTrainedTokenizerBase, seed: int) -> tuple[Encoded, Encoded]:
-    """The training and evaluation sets of a run: IMDB's train and test splits, subset and tokenised."""
+    """The training and evaluation sets of a run: IMDB's train and test splits, subset and tokenised. The
+    training subset follows the run's seed; the evaluation subset follows `data.eval_seed`, so every seed of
+    a study is scored on the same reviews and runs can be compared example by example."""
     frames = load_imdb(cfg)
     return tuple(
-        tokenize(subset(frames[split], cfg[key], seed, key), tokenizer, cfg.max_length, cfg.cache_dir)
-        for split, key in (("train", "train_size"), ("test", "eval_size"))
+        tokenize(subset(frames[split], cfg[key], s, key), tokenizer, cfg.max_length, cfg.cache_dir)
+        for split, key, s in (("train", "train_size", seed), ("test", "eval_size", cfg.eval_seed))
     )
 
 

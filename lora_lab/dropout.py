@@ -84,12 +84,11 @@ def attention(
     return out.transpose(1, 2).contiguous(), None
 
 
-AttentionInterface.register(ATTENTION, attention)
-AttentionMaskInterface.register(ATTENTION, sdpa_mask)
-
-
 def install(model: nn.Module) -> nn.Module:
-    """Swap every nn.Dropout for `Dropout` and SDPA attention for `attention`, in place."""
+    """Swap every nn.Dropout for `Dropout` and SDPA attention for `attention`, in place. Worth it on the
+    CPU, where the masks were measured; `trainer.cheap_dropout` decides (train.pick_cheap_dropout)."""
+    AttentionInterface.register(ATTENTION, attention)
+    AttentionMaskInterface.register(ATTENTION, sdpa_mask)
     for parent in list(model.modules()):
         for name, child in parent.named_children():
             if type(child) is nn.Dropout:

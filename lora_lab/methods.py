@@ -11,11 +11,12 @@ from collections.abc import Sequence
 from pathlib import Path
 
 import torch
-from omegaconf import DictConfig, ListConfig
+from omegaconf import DictConfig, ListConfig, OmegaConf
 from peft import LoraConfig, PeftModel, TaskType, get_peft_model
 from torch import nn
 
 from lora_lab import lora
+from lora_lab.config import is_number, require
 from lora_lab.lora.inject import name_matches
 from lora_lab.models import family_of
 
@@ -56,6 +57,13 @@ def check(cfg: DictConfig) -> None:
         raise ValueError(
             "quant=nf4 freezes a 4-bit base; full fine-tuning cannot train it (use a LoRA method)"
         )
+    lr = cfg.method.lr
+    require(is_number(lr) and lr > 0, lr_setting(cfg), lr, "a learning rate > 0")
+
+
+def lr_setting(cfg: DictConfig) -> str:
+    """The setting a user changes to change this row's learning rate: LoRA rows take theirs from lora_lr."""
+    return "lora_lr" if OmegaConf.is_interpolation(cfg.method, "lr") else "method.lr"
 
 
 def prepare(model: nn.Module, cfg: DictConfig) -> nn.Module:

@@ -7,8 +7,10 @@ counts and tests, and needs no download).
 
 from __future__ import annotations
 
+import warnings
 from dataclasses import dataclass
 
+import transformers
 from omegaconf import DictConfig, OmegaConf
 from torch import nn
 from transformers import (
@@ -18,7 +20,8 @@ from transformers import (
     PreTrainedTokenizerBase,
 )
 
-from lora_lab import assets, dropout
+from lora_lab import assets
+from lora_lab.config import CONF_DIR
 
 
 @dataclass(frozen=True)
@@ -83,6 +86,14 @@ FAMILIES: dict[str, Family] = {
 }
 
 
+def quiet_libraries() -> None:
+    """Keep our own lines readable: no weight-loading reports, progress bars or deprecation notices from
+    transformers and PEFT (their errors still surface as exceptions)."""
+    transformers.logging.set_verbosity_error()
+    transformers.logging.disable_progress_bar()
+    warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing.*", category=FutureWarning)
+
+
 def family_of(model: nn.Module) -> Family:
     model_type = model.config.model_type
     if model_type not in FAMILIES:
@@ -96,7 +107,7 @@ def family_of(model: nn.Module) -> Family:
 def load_tokenizer(cfg: DictConfig) -> PreTrainedTokenizerBase:
     """The model's tokenizer (or `cfg.tokenizer`'s, for random-init test models), with a pad token."""
     src = cfg.tokenizer or cfg
-    source = assets.resolve(src.name, src.get("local"))
+    source = assets.resolve(src.name, src.get("local"), "the tokenizer of", _offline_hint())
     try:
         tokenizer = AutoTokenizer.from_pretrained(source)
     except OSError as err:
@@ -108,28 +119,42 @@ def load_tokenizer(cfg: DictConfig) -> PreTrainedTokenizerBase:
     return tokenizer
 
 
+def _offline_hint() -> str:
+    """The model configs whose files are under the asset root, as the fix for a missing model."""
+    root = assets.asset_root()
+    names = []
+    for path in sorted((CONF_DIR / "model").glob("*.yaml")):
+        preset = OmegaConf.load(path)
+        if root and preset.get("pretrained") and preset.get("local") and (root / preset.local).is_dir():
+            names.append(f"model={path.stem}")
+    if names:
+        return f"use a model whose files are under ${assets.ENV_VAR} ({', '.join(names)})"
+    return f"set {assets.ENV_VAR} to a folder holding models/<name>/ (e.g. ../shared, then model=minilm)"
+
+
 def load_model(cfg: DictConfig, num_labels: int = 2, pad_token_id: int | None = None) -> nn.Module:
-    """A sequence classifier: pretrained weights when `cfg.pretrained`, else random init from the config;
-    its dropout draws cheap masks (`lora_lab.dropout`)."""
+    """A sequence classifier: pretrained weights when `cfg.pretrained`, else random init from the config."""
     overrides = OmegaConf.to_container(cfg.config, resolve=True) if cfg.get("config") else {}
-    source = assets.resolve(cfg.name, cfg.get("local"))
+    on_disk = assets.on_disk(cfg.name, cfg.get("local"))
     try:
-        if cfg.pretrained:
-            model = AutoModelForSequenceClassification.from_pretrained(
-                source, num_labels=num_labels, **overrides
-            )
-        else:
-            # The architecture from the model's own config when it is on disk, else from model_type's defaults
-            # (DistilBertConfig() is distilbert-base-uncased, so the reference table needs no download).
-            if assets.is_path(source) or not cfg.get("model_type"):
-                config = AutoConfig.from_pretrained(source, num_labels=num_labels, **overrides)
-            else:
-                config = AutoConfig.for_model(cfg.model_type, num_labels=num_labels, **overrides)
+        if not cfg.pretrained and on_disk is None and cfg.get("model_type"):
+            # The architecture from model_type's defaults: DistilBertConfig() is distilbert-base-uncased,
+            # so the reference table needs no download.
+            config = AutoConfig.for_model(cfg.model_type, num_labels=num_labels, **overrides)
             model = AutoModelForSequenceClassification.from_config(config)
+        else:
+            source = on_disk or assets.resolve(cfg.name, cfg.get("local"), "model", _offline_hint())
+            if cfg.pretrained:
+                model = AutoModelForSequenceClassification.from_pretrained(
+                    source, num_labels=num_labels, **overrides
+                )
+            else:
+                config = AutoConfig.from_pretrained(source, num_labels=num_labels, **overrides)
+                model = AutoModelForSequenceClassification.from_config(config)
     except OSError as err:
         raise FileNotFoundError(
             f"model {cfg.name!r}: {assets.describe_lookup(cfg.name, cfg.get('local'))}"
         ) from err
     if pad_token_id is not None and model.config.pad_token_id is None:
         model.config.pad_token_id = pad_token_id  # decoders pool on the last non-pad token
-    return dropout.install(model)
+    return model

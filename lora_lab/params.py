@@ -63,6 +63,7 @@ def format_table(rows: list[dict]) -> str:
 
 
 def main(argv: Sequence[str] | None = None) -> None:
+    models.quiet_libraries()
     print(format_table(row_counts(sys.argv[1:] if argv is None else argv)))
 
 

@@ -13,17 +13,37 @@ import time
 
 import hydra
 import torch
+from hydra.errors import HydraException, MissingConfigException
 from omegaconf import DictConfig
+from omegaconf.errors import OmegaConfBaseException
 
-from lora_lab import config, data, methods, models, params, quant, store
-from lora_lab.train import NonFiniteLoss, fit, pick_device, pick_precision
+from lora_lab import config, data, dropout, methods, models, params, quant, store, train
+from lora_lab.config import is_int, require
+from lora_lab.train import NonFiniteLoss, fit, pick_cheap_dropout, pick_device, pick_precision
+
+# Mistakes a user can make on the command line or in a config: one line and exit code 2, not a traceback.
+USER_ERRORS = (ValueError, FileNotFoundError, HydraException, OmegaConfBaseException)
+
+
+def check(cfg: DictConfig) -> None:
+    """Every setting that can be checked without loading anything, so bad input fails in a second."""
+    require(is_int(cfg.seed) and 0 <= cfg.seed < 2**32, "seed", cfg.seed, "an integer in [0, 2**32)")
+    methods.check(cfg)
+    train.check(cfg.trainer)
+    data.check(cfg.data)
+
+
+def settle(cfg: DictConfig, device: torch.device) -> None:
+    """Resolve the `auto` settings that change what a run computes, in place, before its identity is taken."""
+    cfg.trainer.precision = pick_precision(cfg.trainer.precision, device)
+    cfg.trainer.cheap_dropout = pick_cheap_dropout(cfg.trainer.cheap_dropout, device)
 
 
 def run(cfg: DictConfig) -> dict | None:
     """Train and evaluate one configuration and store its record; None when it was already complete."""
-    methods.check(cfg)
+    check(cfg)
     device = pick_device(cfg.trainer.device)
-    pick_precision(cfg.trainer.precision, device)  # a bad value fails here, before any loading
+    settle(cfg, device)
     name = store.run_name(cfg)
     path = store.run_dir(cfg) / f"{name}.json"
     previous = store.read(path)
@@ -37,6 +57,8 @@ def run(cfg: DictConfig) -> dict | None:
     tokenizer = models.load_tokenizer(cfg.model)
     torch.manual_seed(cfg.seed)  # the new head's init: the same for every method and impl
     model = models.load_model(cfg.model, pad_token_id=tokenizer.pad_token_id)
+    if cfg.trainer.cheap_dropout:
+        dropout.install(model)
     if cfg.quant:
         quant.quantize_nf4(model, cfg.double_quant, on_cuda=device.type == "cuda")
     model = methods.prepare(model, cfg)
@@ -49,12 +71,14 @@ def run(cfg: DictConfig) -> dict | None:
         f"({100 * trainable / total:.2f}%), {len(train_set)} train / {len(eval_set)} eval examples"
     )
 
+    resolved = store.resolved(cfg)
     record = {
         "name": name,
+        "config_id": store.config_id(cfg),
         "experiment": cfg.experiment_name,
         "label": label,
         "method": cfg.method.kind,
-        "targets": cfg.method.targets if cfg.method.kind == "lora" else None,
+        "targets": resolved["method"]["targets"] if cfg.method.kind == "lora" else None,
         "rank": cfg.rank if cfg.method.kind == "lora" else None,
         "impl": impl,
         "seed": cfg.seed,
@@ -65,7 +89,7 @@ def run(cfg: DictConfig) -> dict | None:
         "trainable_pct": 100 * trainable / total,
         "train_examples": len(train_set),
         "eval_examples": len(eval_set),
-        "config": store.resolved(cfg),
+        "config": resolved,
         **store.provenance(),
     }
     with store.wandb_run(cfg, name) as wandb:
@@ -83,7 +107,7 @@ def run(cfg: DictConfig) -> dict | None:
             )
             record.update(metrics, status="complete")
         except NonFiniteLoss as err:
-            record.update(status="failed", reason=str(err))
+            record.update(status="failed", reason=f"{err}; lower {methods.lr_setting(cfg)} or check the data")
         record["finished_at"] = time.strftime("%Y-%m-%dT%H:%M:%S%z")
         record["wall_s"] = time.time() - started
         if record["status"] == "complete" and cfg.trainer.save_adapter:
@@ -112,16 +136,41 @@ def save_adapter(model: torch.nn.Module, folder, base_name: str) -> int | None:
 
 @hydra.main(config_path=str(config.CONF_DIR), config_name="config", version_base="1.3")
 def main(cfg: DictConfig) -> float | None:
-    store.provenance()  # pin the git commit to the code this process imported
-    try:
+    try:  # caught here too: Hydra would add a line of its own to an error leaving a job
         record = run(cfg)
-    except (ValueError, FileNotFoundError) as err:
-        if os.environ.get("HYDRA_FULL_ERROR") == "1":
-            raise
-        print(f"error: {err}  (HYDRA_FULL_ERROR=1 shows the traceback)", file=sys.stderr)
-        sys.exit(2)
+    except USER_ERRORS as err:
+        fail(err)
     return record.get("accuracy") if record else None
 
 
+def fail(err: BaseException) -> None:
+    """Exit with code 2 and the error on one line; the traceback when the user set HYDRA_FULL_ERROR=1."""
+    if SHOW_TRACEBACK:
+        raise err
+    if isinstance(err, MissingConfigException) and err.options:  # e.g. model=nope
+        message = f"{str(err).splitlines()[0]}; choose one of: {', '.join(err.options)}"
+    else:
+        message = "; ".join(line.strip() for line in str(err).splitlines() if line.strip())
+    print(f"error: {message}  (HYDRA_FULL_ERROR=1 shows the traceback)", file=sys.stderr)
+    sys.exit(2)
+
+
+SHOW_TRACEBACK = os.environ.get("HYDRA_FULL_ERROR") == "1"
+
+
+def cli() -> None:
+    """`python -m lora_lab.run`: Hydra's main with user errors as one line on stderr and exit code 2.
+
+    HYDRA_FULL_ERROR=1 is set for Hydra so that its own errors (bad overrides, unknown groups) reach this
+    function instead of Hydra's multi-line report."""
+    os.environ["HYDRA_FULL_ERROR"] = "1"
+    store.provenance()  # pin the git commit to the code this process imported
+    models.quiet_libraries()
+    try:
+        main()
+    except USER_ERRORS as err:
+        fail(err)
+
+
 if __name__ == "__main__":
-    main()
+    cli()

@@ -17,6 +17,7 @@ from functools import cache
 from importlib.metadata import version
 from pathlib import Path
 
+import torch
 from omegaconf import DictConfig, OmegaConf
 
 from lora_lab.atomic import write_text_atomic
@@ -24,6 +25,8 @@ from lora_lab.atomic import write_text_atomic
 # Settings that change how a run is shown or stored, not what it computes.
 NOT_IDENTITY = ("force", "logger", "results_dir")
 LORA_ONLY = ("impl", "rank", "alpha", "dropout", "use_rslora", "lora_lr")  # ignored by head-only and full
+# The device is not identity: a run on CPU and on CUDA computes the same thing up to rounding (its record
+# says which ran); precision and cheap_dropout are, and auto resolves per device before hashing.
 NOT_IDENTITY_TRAINER = ("progress", "save_adapter", "num_threads", "device")
 LIBRARIES = ("torch", "transformers", "peft", "datasets", "hydra-core")
 
@@ -32,12 +35,36 @@ def resolved(cfg: DictConfig) -> dict:
     return OmegaConf.to_container(cfg, resolve=True)
 
 
+def identity(cfg: DictConfig, with_seed: bool = True) -> dict:
+    """What shapes a run's result: the resolved config without display and storage settings, without LoRA
+    settings on rows that have no LoRA, and without settings left null (so that a new option whose default
+    is null leaves every earlier run's identity as it was). `trainer.precision` and `trainer.cheap_dropout`
+    count as resolved (run.py settles `auto` first): a bf16 record is not a finished fp32 run."""
+    ignored = NOT_IDENTITY + (LORA_ONLY if cfg.method.kind != "lora" else ())
+    ignored += () if with_seed else ("seed",)
+    ident = {k: v for k, v in resolved(cfg).items() if k not in ignored}
+    ident["trainer"] = {k: v for k, v in ident["trainer"].items() if k not in NOT_IDENTITY_TRAINER}
+    return _without_nulls(ident)
+
+
+def _without_nulls(value: object) -> object:
+    if isinstance(value, dict):
+        return {k: _without_nulls(v) for k, v in value.items() if v is not None}
+    return value
+
+
+def digest(ident: dict) -> str:
+    return hashlib.sha256(json.dumps(ident, sort_keys=True).encode()).hexdigest()[:8]
+
+
+def config_id(cfg: DictConfig) -> str:
+    """The configuration a run belongs to: its identity without the seed. Seeds of one configuration share it;
+    the analysis aggregates over it."""
+    return digest(identity(cfg, with_seed=False))
+
+
 def run_name(cfg: DictConfig) -> str:
     """e.g. qv_r8-ours-seed0-1a2b3c4d: readable prefix, hash of everything that shapes the result."""
-    ignored = NOT_IDENTITY + (LORA_ONLY if cfg.method.kind != "lora" else ())
-    identity = {k: v for k, v in resolved(cfg).items() if k not in ignored}
-    identity["trainer"] = {k: v for k, v in identity["trainer"].items() if k not in NOT_IDENTITY_TRAINER}
-    digest = hashlib.sha256(json.dumps(identity, sort_keys=True).encode()).hexdigest()[:8]
     kind = cfg.method.kind
     row = (
         kind
@@ -45,7 +72,7 @@ def run_name(cfg: DictConfig) -> str:
         else f"{cfg.method.targets if isinstance(cfg.method.targets, str) else 'custom'}_r{cfg.rank}"
     )
     impl = cfg.impl if kind == "lora" else "none"
-    return f"{row}-{impl}-seed{cfg.seed}-{digest}"
+    return f"{row}-{impl}-seed{cfg.seed}-{digest(identity(cfg))}"
 
 
 def run_dir(cfg: DictConfig) -> Path:
@@ -93,8 +120,14 @@ def provenance() -> dict:
         "git_commit": commit,
         "git_dirty": dirty,
         "python": platform.python_version(),
-        "machine": f"{platform.machine()}, {os.cpu_count()} cpus",
+        "machine": f"{platform.machine()}, {os.cpu_count()} cpus, {_cpu_bf16()} bf16",
     }
+
+
+def _cpu_bf16() -> str:
+    """Whether this CPU multiplies bf16 natively: it decides precision=auto and the speed of a run."""
+    native = torch.cpu._is_avx512_bf16_supported() or torch.cpu._is_amx_tile_supported()
+    return "native" if native else "no native"
 
 
 @contextmanager
@@ -105,7 +138,7 @@ def wandb_run(cfg: DictConfig, name: str) -> Iterator[object | None]:
         return
     import wandb  # imported here: slow to import, and only this path needs it
 
-    mode = cfg.logger.mode or ("online" if wandb.api.api_key else "offline")
+    mode = cfg.logger.mode or ("online" if wandb.login(prompt=False, verify=False) else "offline")
     folder = Path(cfg.results_dir) / cfg.experiment_name
     folder.mkdir(parents=True, exist_ok=True)
     run = wandb.init(
@@ -117,7 +150,10 @@ def wandb_run(cfg: DictConfig, name: str) -> Iterator[object | None]:
         dir=str(folder),
         mode=mode,
         reinit="finish_previous",
+        settings=wandb.Settings(quiet=True),
     )
+    if mode == "offline":
+        print(f"[lora-lab] wandb offline run: {run.dir.removesuffix('/files')} (wandb leet / wandb sync)")
     try:
         yield run
     finally:

@@ -13,6 +13,7 @@ from omegaconf import DictConfig
 from torch import nn
 from tqdm.auto import tqdm
 
+from lora_lab.config import is_int, is_number, require
 from lora_lab.data import Encoded, batches
 
 
@@ -20,23 +21,46 @@ class NonFiniteLoss(RuntimeError):
     """The loss became NaN or inf: the run is recorded as failed and the sweep goes on."""
 
 
+PRECISIONS = ("auto", "bf16", "fp32")
+CHEAP_DROPOUT = ("auto", True, False)
+
+
+def check(cfg: DictConfig) -> None:
+    """Reject trainer settings that would train nothing or crash later, naming the setting and the fix."""
+    for key in ("epochs", "batch_size", "eval_batch_size", "log_every"):
+        require(is_int(cfg[key]) and cfg[key] >= 1, f"trainer.{key}", cfg[key], "a whole number >= 1")
+    for key in ("max_steps", "num_threads"):
+        ok = cfg[key] is None or (is_int(cfg[key]) and cfg[key] >= 1)
+        require(ok, f"trainer.{key}", cfg[key], "a whole number >= 1, or null for no limit")
+    ratio = cfg.warmup_ratio
+    require(is_number(ratio) and 0 <= ratio < 1, "trainer.warmup_ratio", ratio, "a fraction in [0, 1)")
+    decay = cfg.weight_decay
+    require(is_number(decay) and decay >= 0, "trainer.weight_decay", decay, "a number >= 0")
+    clip = cfg.grad_clip
+    ok = clip is None or (is_number(clip) and clip > 0)
+    require(ok, "trainer.grad_clip", clip, "a max gradient norm > 0, or null for no clipping")
+    require(cfg.precision in PRECISIONS, "trainer.precision", cfg.precision, f"one of {PRECISIONS}")
+    require(
+        cfg.cheap_dropout in CHEAP_DROPOUT, "trainer.cheap_dropout", cfg.cheap_dropout, "auto, true or false"
+    )
+    device = str(cfg.device)
+    ok = device in ("auto", "cpu", "cuda") or (device.startswith("cuda:") and device[5:].isdigit())
+    require(ok, "trainer.device", cfg.device, "auto, cpu, cuda or cuda:N")
+
+
 def pick_device(name: str) -> torch.device:
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if name == "cuda" and not torch.cuda.is_available():
-        raise ValueError("trainer.device=cuda but no CUDA device is visible; use trainer.device=cpu or auto")
+    if name.startswith("cuda") and not torch.cuda.is_available():
+        raise ValueError(f"trainer.device={name}, but no CUDA device is visible; use trainer.device=cpu")
     return torch.device(name)
-
-
-PRECISIONS = ("auto", "bf16", "fp32")
 
 
 def pick_precision(name: str, device: torch.device) -> str:
     """trainer.precision resolved to bf16 or fp32. auto: bf16 where the hardware multiplies bf16 natively
     (CUDA with bf16, CPUs with AVX512-BF16 or AMX: a bf16 matmul runs 2.6x faster than fp32 on this project's
     CPU), else fp32."""
-    if name not in PRECISIONS:
-        raise ValueError(f"trainer.precision={name!r} is not one of {PRECISIONS}; use trainer.precision=auto")
+    require(name in PRECISIONS, "trainer.precision", name, f"one of {PRECISIONS}")
     if name != "auto":
         return name
     if device.type == "cuda":
@@ -44,6 +68,13 @@ def pick_precision(name: str, device: torch.device) -> str:
     else:
         native = torch.cpu._is_avx512_bf16_supported() or torch.cpu._is_amx_tile_supported()
     return "bf16" if native else "fp32"
+
+
+def pick_cheap_dropout(setting: str | bool, device: torch.device) -> bool:
+    """trainer.cheap_dropout resolved: auto draws `lora_lab.dropout` masks on the CPU only, where they were
+    measured faster (README, Performance); on CUDA the fused kernels keep their own dropout."""
+    require(setting in CHEAP_DROPOUT, "trainer.cheap_dropout", setting, "auto, true or false")
+    return device.type == "cpu" if setting == "auto" else setting
 
 
 def autocast(device: torch.device, precision: str) -> torch.autocast:
@@ -74,6 +105,26 @@ def linear_schedule(
     return torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
 
 
+def train_step(
+    model: nn.Module,
+    batch: dict[str, torch.Tensor],
+    optimizer: torch.optim.Optimizer,
+    grad_clip: float | None,
+    device: torch.device,
+    precision: str,
+) -> torch.Tensor:
+    """One optimiser step; returns the loss as a tensor on the device (reading it would wait for the GPU)."""
+    with autocast(device, precision):
+        loss = model(**batch).loss
+    loss.backward()
+    if grad_clip is not None:
+        params = [p for group in optimizer.param_groups for p in group["params"]]
+        torch.nn.utils.clip_grad_norm_(params, grad_clip)
+    optimizer.step()
+    optimizer.zero_grad(set_to_none=True)
+    return loss.detach()
+
+
 def fit(
     model: nn.Module,
     train: Encoded,
@@ -86,7 +137,8 @@ def fit(
 ) -> dict:
     """Train `model` on `train`, evaluate on `evaluation`; returns the metrics a run record keeps.
 
-    `cfg` is the trainer config. Raises NonFiniteLoss when the loss stops being finite.
+    `cfg` is the trainer config. Raises NonFiniteLoss when the loss stops being finite; the loss is read
+    (and checked) once per `log_every` steps, so a GPU is not made to wait every step.
     """
     device = pick_device(cfg.device)
     precision = pick_precision(cfg.precision, device)
@@ -101,11 +153,10 @@ def fit(
     )
     optimizer = optimizer_for(model, lr, cfg.weight_decay, device)
     schedule = linear_schedule(optimizer, round(cfg.warmup_ratio * total), total)
-    trainable = [p for p in model.parameters() if p.requires_grad]
     reset_peak_memory(device)
 
     torch.manual_seed(seed)  # dropout draws start from the same state for every method and impl
-    losses, window, step, seen, tokens = [], [], 0, 0, 0
+    losses, window_sum, window, step, seen, tokens = [], 0.0, 0, 0, 0, 0
     bar = tqdm(total=total, desc="train", unit="step", disable=not cfg.progress, file=sys.stderr)
     start = time.perf_counter()
     model.train()
@@ -115,25 +166,18 @@ def fit(
         ):
             if step == total:
                 break
+            seen, tokens = seen + len(batch["labels"]), tokens + int(batch["attention_mask"].sum())
             batch = {k: v.to(device, non_blocking=True) for k, v in batch.items()}
-            with autocast(device, precision):
-                loss = model(**batch).loss
-            if not torch.isfinite(loss):
-                raise NonFiniteLoss(
-                    f"loss became {loss.item()} at step {step}; lower method.lr or check the data"
-                )
-            loss.backward()
-            torch.nn.utils.clip_grad_norm_(trainable, cfg.grad_clip)
-            optimizer.step()
+            window_sum = window_sum + train_step(model, batch, optimizer, cfg.grad_clip, device, precision)
             schedule.step()
-            optimizer.zero_grad(set_to_none=True)
-            step, seen = step + 1, seen + len(batch["labels"])
-            tokens += int(batch["attention_mask"].sum())
-            window.append(loss.item())
-            if len(window) == cfg.log_every or step == total:
-                losses.append(sum(window) / len(window))
-                bar.set_postfix(loss=f"{losses[-1]:.4f}", epoch=epoch)
-                window = []
+            step, window = step + 1, window + 1
+            if window == cfg.log_every or step == total:
+                mean = float(window_sum) / window
+                if not math.isfinite(mean):
+                    raise NonFiniteLoss(f"loss became {mean} within steps {step - window + 1}-{step}")
+                losses.append(mean)
+                bar.set_postfix(loss=f"{mean:.4f}", epoch=epoch)
+                window_sum, window = 0.0, 0
             bar.update()
     wall = time.perf_counter() - start
     bar.close()

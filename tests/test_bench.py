@@ -20,6 +20,7 @@ ARGS = argparse.Namespace(
     quant=None,
     device_type="cpu",
     checkpointing=False,
+    cheap_dropout=True,
 )
 
 

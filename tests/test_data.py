@@ -5,6 +5,8 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+import time
+from pathlib import Path
 
 import pandas as pd
 import pytest
@@ -50,21 +52,31 @@ def test_shared_parquet_is_full_imdb() -> None:
         assert list(frames[split].columns) == ["text", "label"]
 
 
-def test_unreachable_hub_says_what_was_tried(tmp_path) -> None:
+def load_from_hub(tmp_path: Path, **env: str) -> tuple[subprocess.CompletedProcess, float]:
     code = (
         "from omegaconf import OmegaConf; from lora_lab import data; "
         "data.load_imdb(OmegaConf.create({'source': 'stanfordnlp/imdb', 'local': 'data/imdb'}))"
     )
-    env = {
-        **os.environ,
-        "HF_HUB_OFFLINE": "1",
-        "HF_DATASETS_OFFLINE": "1",
-        "LORA_LAB_ASSETS": str(tmp_path),
-        "HF_HOME": str(tmp_path / "hf"),
-    }
+    inherited = {k: v for k, v in os.environ.items() if k not in ("HF_HUB_OFFLINE", "HF_DATASETS_OFFLINE")}
+    env = {**inherited, "LORA_LAB_ASSETS": str(tmp_path), "HF_HOME": str(tmp_path / "hf"), **env}
+    start = time.perf_counter()
     out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=120)
+    return out, time.perf_counter() - start
+
+
+def test_unreachable_hub_is_found_out_at_once(tmp_path) -> None:
+    # A closed local port stands in for a Hub this machine cannot reach.
+    out, seconds = load_from_hub(tmp_path, HF_ENDPOINT="http://127.0.0.1:9")
+    assert out.returncode != 0 and seconds < 30
+    assert f"data.source 'stanfordnlp/imdb' is not under {tmp_path}/data/imdb" in out.stderr
+    assert "the Hugging Face Hub is unreachable (127.0.0.1:" in out.stderr
+    assert "set LORA_LAB_ASSETS to a folder holding data/imdb" in out.stderr
+
+
+def test_offline_mode_reads_the_cache_and_says_what_was_tried(tmp_path) -> None:
+    out, _ = load_from_hub(tmp_path, HF_HUB_OFFLINE="1", HF_DATASETS_OFFLINE="1")
     assert out.returncode != 0
-    assert f"tried local {tmp_path}/data/imdb (not found), then the Hub id 'stanfordnlp/imdb'" in out.stderr
+    assert f"not under {tmp_path}/data/imdb, and the Hub id 'stanfordnlp/imdb' failed" in out.stderr
 
 
 @requires_assets

@@ -3,9 +3,12 @@
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 
 import pandas as pd
+
+from lora_lab.assets import unreachable
 
 FIELDS = (
     "name",
@@ -40,15 +43,35 @@ def load_runs(folder: str | Path) -> pd.DataFrame:
         raise FileNotFoundError(
             f"no run records in {runs}; run e.g. `python -m lora_lab.run -m experiment=imdb_cpu` first"
         )
-    return frame([json.loads(p.read_text()) for p in paths], str(runs))
+    return frame([read_record(p) for p in paths], str(runs))
+
+
+def read_record(path: Path) -> dict:
+    try:
+        return json.loads(path.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as err:
+        raise ValueError(
+            f"{path} is not a valid run record ({err}); delete it, or rerun that run with force=true"
+        ) from None
 
 
 def load_wandb_runs(entity: str, project: str) -> pd.DataFrame:
     """The same fields from wandb's public API (run.py puts them in each run's summary)."""
     import wandb
 
-    runs = wandb.Api().runs(f"{entity}/{project}")
-    return frame([dict(run.summary) for run in runs], f"wandb {entity}/{project}")
+    where = f"wandb {entity}/{project}"
+    why = unreachable(os.environ.get("WANDB_BASE_URL", "https://api.wandb.ai"))
+    if why:
+        raise ValueError(
+            f"{where}: the wandb server is unreachable ({why}); analyse the local run store instead"
+        )
+    if not wandb.login(prompt=False, verify=False):
+        raise ValueError(f"{where}: not logged in to wandb; run `wandb login` or set WANDB_API_KEY")
+    try:
+        runs = [dict(run.summary) for run in wandb.Api().runs(f"{entity}/{project}")]
+    except (wandb.errors.Error, ValueError) as err:
+        raise ValueError(f"{where}: {err}") from None
+    return frame(runs, where)
 
 
 def frame(records: list[dict], where: str) -> pd.DataFrame:

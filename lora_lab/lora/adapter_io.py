@@ -16,7 +16,8 @@ from safetensors.torch import load_file, save_file
 from torch import nn
 
 from lora_lab.atomic import write_atomic, write_text_atomic
-from lora_lab.lora.inject import apply_lora, lora_layers, name_matches
+from lora_lab.lora.inject import apply_lora, lora_layers, name_matches, resolve_targets
+from lora_lab.lora.layer import check_hyperparameters, linear_shape
 
 PREFIX = "base_model.model."
 CONFIG_FILE = "adapter_config.json"
@@ -29,8 +30,14 @@ def adapter_state_dict(model: nn.Module) -> dict[str, torch.Tensor]:
     for name, layer in lora_layers(model):
         state[f"{PREFIX}{name}.lora_A.weight"] = layer.lora_A.detach()
         state[f"{PREFIX}{name}.lora_B.weight"] = layer.lora_B.detach()
+    state.update(_saved_modules_state(model, model.lora_config["modules_to_save"]))
+    return state
+
+
+def _saved_modules_state(model: nn.Module, modules_to_save: list[str]) -> dict[str, torch.Tensor]:
+    state = {}
     for name, module in model.named_modules():
-        if name_matches(name, model.lora_config["modules_to_save"]):
+        if name_matches(name, modules_to_save):
             for pname, param in module.named_parameters():
                 state[f"{PREFIX}{name}.{pname}"] = param.detach()
     return state
@@ -69,38 +76,117 @@ def save_adapter(
 
 
 def load_adapter(model: nn.Module, path: str | os.PathLike) -> nn.Module:
-    """Apply the adapter saved in `path` (by us or by PEFT) to a plain base model and load its weights."""
+    """Apply the adapter saved in `path` (by us or by PEFT) to a base model and load its weights.
+
+    All or nothing: the files are read and every tensor's name and shape checked before the model is
+    touched, so a bad adapter leaves it as it was. A model that already carries an adapter with the same
+    targets and shapes gets the new weights (and scaling) in place: hot-swapping adapters on one base."""
     path = Path(path)
-    if not (path / CONFIG_FILE).is_file() or not (path / WEIGHTS_FILE).is_file():
-        raise FileNotFoundError(
-            f"{path} is not an adapter directory (needs {CONFIG_FILE} and {WEIGHTS_FILE})"
-        )
-    config = json.loads((path / CONFIG_FILE).read_text())
-    if config.get("peft_type") != "LORA":
-        raise ValueError(f"{path} holds a {config.get('peft_type')} adapter; only LORA is supported")
+    config, saved = _read(path)
+    if hasattr(model, "lora_config"):
+        return _swap(model, path, config, saved)
     # PEFT's SEQ_CLS task type lists both "classifier" and "score"; keep the ones this model has.
     names = [n for n, _ in model.named_modules()]
     to_save = [m for m in config.get("modules_to_save") or [] if any(name_matches(n, [m]) for n in names)]
+    try:
+        targets = resolve_targets(model, config["target_modules"])
+    except ValueError as err:
+        raise ValueError(f"adapter in {path} does not fit this model: {err}") from None
+    rank = config["r"]
+    expected = {}
+    for name in targets:
+        d_in, d_out = linear_shape(model.get_submodule(name))
+        expected[f"{PREFIX}{name}.lora_A.weight"] = (rank, d_in)
+        expected[f"{PREFIX}{name}.lora_B.weight"] = (d_out, rank)
+    expected.update({k: tuple(v.shape) for k, v in _saved_modules_state(model, to_save).items()})
+    _check_fit(path, expected, saved)
     init = config.get("init_lora_weights", True)
-    apply_lora(
+    apply_lora(  # checks rank, alpha and dropout before it changes anything
         model,
-        targets=config["target_modules"],
-        rank=config["r"],
+        targets=targets,
+        rank=rank,
         alpha=config["lora_alpha"],
         dropout=config.get("lora_dropout", 0.0),
         modules_to_save=to_save,
         use_rslora=config.get("use_rslora", False),
         init="gaussian" if init == "gaussian" else "kaiming",
     )
-    expected = adapter_state_dict(model)
-    saved = load_file(str(path / WEIGHTS_FILE))
+    _copy(model, saved)
+    return model
+
+
+def _read(path: Path) -> tuple[dict, dict[str, torch.Tensor]]:
+    """The adapter's config and tensors, with errors that name the file at fault."""
+    config_file, weights_file = path / CONFIG_FILE, path / WEIGHTS_FILE
+    if not config_file.is_file() or not weights_file.is_file():
+        raise FileNotFoundError(
+            f"{path} is not an adapter directory (needs {CONFIG_FILE} and {WEIGHTS_FILE})"
+        )
+    try:
+        config = json.loads(config_file.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as err:
+        raise ValueError(f"{config_file} is not valid JSON ({err}); save the adapter again") from err
+    if not isinstance(config, dict) or config.get("peft_type") != "LORA":
+        kind = config.get("peft_type") if isinstance(config, dict) else None
+        raise ValueError(f"{config_file} describes a {kind} adapter; only LORA adapters load here")
+    missing = [k for k in ("r", "lora_alpha", "target_modules") if k not in config]
+    if missing:
+        raise ValueError(f"{config_file} lacks {missing}; save the adapter again")
+    try:
+        saved = load_file(str(weights_file))
+    except Exception as err:  # safetensors raises its own error types for truncated or foreign files
+        raise ValueError(
+            f"{weights_file} cannot be read ({err}); it may be truncated: save it again"
+        ) from err
+    return config, saved
+
+
+def _check_fit(path: Path, expected: dict[str, tuple[int, ...]], saved: dict[str, torch.Tensor]) -> None:
     missing = sorted(set(expected) - set(saved))
     unexpected = sorted(set(saved) - set(expected))
     if missing or unexpected:
         raise ValueError(
             f"adapter in {path} does not fit this model: missing {missing[:3]}, unexpected {unexpected[:3]}"
         )
-    with torch.no_grad():
-        for key, tensor in expected.items():
-            tensor.copy_(saved[key])
+    wrong = [
+        (k, tuple(saved[k].shape), shape) for k, shape in expected.items() if tuple(saved[k].shape) != shape
+    ]
+    if wrong:
+        key, got, want = wrong[0]
+        raise ValueError(
+            f"adapter in {path} does not fit this model: {key} has shape {got}, the model needs {want} "
+            f"({len(wrong)} tensor(s) differ; a different rank or base model?)"
+        )
+
+
+def _swap(model: nn.Module, path: Path, config: dict, saved: dict[str, torch.Tensor]) -> nn.Module:
+    """Load an adapter of the same targets and shapes into a model's LoRA layers, in place."""
+    current = adapter_state_dict(model)
+    try:
+        _check_fit(path, {k: tuple(v.shape) for k, v in current.items()}, saved)
+    except ValueError as err:
+        raise ValueError(
+            f"{err}. The model already carries an adapter: hot-swapping needs the same targets and rank; "
+            "load a different one onto a fresh base model"
+        ) from None
+    layers = [layer for _, layer in lora_layers(model)]
+    if any(layer.merged for layer in layers):
+        raise ValueError("the model's adapter is merged; call unmerge(model) before loading another")
+    alpha, dropout, use_rslora = (
+        config["lora_alpha"],
+        config.get("lora_dropout", 0.0),
+        config.get("use_rslora", False),
+    )
+    check_hyperparameters(config["r"], alpha, dropout, *linear_shape(layers[0].base_layer), "kaiming")
+    for layer in layers:
+        layer.set_scaling(alpha, use_rslora)
+        layer.dropout = dropout
+    model.lora_config.update(lora_alpha=alpha, lora_dropout=dropout, use_rslora=use_rslora)
+    _copy(model, saved)
     return model
+
+
+def _copy(model: nn.Module, saved: dict[str, torch.Tensor]) -> None:
+    with torch.no_grad():
+        for key, tensor in adapter_state_dict(model).items():
+            tensor.copy_(saved[key])

@@ -47,8 +47,8 @@ class LoRALinear(nn.Module):
         check_hyperparameters(rank, alpha, dropout, d_in, d_out, init)
         self.base_layer = base_layer
         self.fan_in_fan_out = isinstance(base_layer, Conv1D)
-        self.rank, self.alpha, self.dropout, self.use_rslora = rank, alpha, dropout, use_rslora
-        self.scaling = alpha / math.sqrt(rank) if use_rslora else alpha / rank
+        self.rank, self.dropout = rank, dropout
+        self.set_scaling(alpha, use_rslora)
         weight = base_layer.weight
         self.quantized = not weight.is_floating_point()  # a 4-bit base (QLoRA): adapters train in fp32
         dtype = torch.float32 if self.quantized else weight.dtype
@@ -60,6 +60,11 @@ class LoRALinear(nn.Module):
             nn.init.normal_(self.lora_A, std=1 / rank)
         self.merged = False
         self.enabled = True
+
+    def set_scaling(self, alpha: float, use_rslora: bool) -> None:
+        """s = alpha / r, or alpha / sqrt(r) with rsLoRA (rank-stabilised scaling)."""
+        self.alpha, self.use_rslora = alpha, use_rslora
+        self.scaling = alpha / math.sqrt(self.rank) if use_rslora else alpha / self.rank
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         y = self.base_layer(x)
