@@ -6,11 +6,11 @@ themselves, so every job of a sweep after the first loads them instead of tokeni
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import re
 from collections.abc import Iterator
-from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -26,6 +26,7 @@ from lora_lab.config import is_int, require
 
 SPLITS = ("train", "test")
 COLUMNS = ("text", "label")
+LABEL_NAMES = ("neg", "pos")
 
 
 def check(cfg: DictConfig) -> None:
@@ -38,7 +39,9 @@ def check(cfg: DictConfig) -> None:
 
 
 def load_imdb(cfg: DictConfig) -> dict[str, pd.DataFrame]:
-    """{"train": frame, "test": frame} with columns text (str) and label (int)."""
+    """{"train": frame, "test": frame} with columns text (str), label (int) and example_id (str): a stable
+    name of the review within its split, "<neg|pos>/<review_id>" where the source numbers its reviews (IMDB's
+    ids repeat across the two labels), else the row's index."""
     source = assets.resolve(cfg.source, cfg.get("local"), "data.source")
     if Path(source).is_dir():
         frames = _read_folder(Path(source))
@@ -57,7 +60,13 @@ def load_imdb(cfg: DictConfig) -> dict[str, pd.DataFrame]:
             )
         if frame.empty:
             raise ValueError(f"data.source={source!r}: the {split} split holds no examples; point it at data")
-        frames[split] = frame[list(COLUMNS)].astype({"label": "int64"}).reset_index(drop=True)
+        frame = frame.reset_index(drop=True).astype({"label": "int64"})
+        if "review_id" in frame.columns:
+            names = frame["label"].map(dict(enumerate(LABEL_NAMES))).fillna(frame["label"].astype(str))
+            ids = names + "/" + frame["review_id"].astype(str)
+        else:
+            ids = [str(i) for i in range(len(frame))]
+        frames[split] = frame[list(COLUMNS)].assign(example_id=ids)
     return frames
 
 
@@ -74,10 +83,10 @@ def _read_folder(path: Path) -> dict[str, pd.DataFrame]:
 def _read_aclimdb_split(path: Path) -> pd.DataFrame:
     """The original release: <split>/{neg,pos}/<id>_<stars>.txt, ordered like the Hub's copy."""
     rows = []
-    for label, name in enumerate(("neg", "pos")):
-        files = sorted((path / name).glob("*.txt"), key=lambda f: int(re.match(r"\d+", f.name).group()))
-        rows += [(f.read_text(encoding="utf-8"), label) for f in files]
-    return pd.DataFrame(rows, columns=list(COLUMNS))
+    for label, name in enumerate(LABEL_NAMES):
+        numbered = sorted((int(re.match(r"\d+", f.name).group()), f) for f in (path / name).glob("*.txt"))
+        rows += [(f.read_text(encoding="utf-8"), label, number) for number, f in numbered]
+    return pd.DataFrame(rows, columns=[*COLUMNS, "review_id"])
 
 
 def _read_hub(dataset_id: str, local: str | None) -> dict[str, pd.DataFrame]:
@@ -109,13 +118,15 @@ def subset(frame: pd.DataFrame, size: int | None, seed: int, key: str) -> pd.Dat
     return frame.iloc[rng.permutation(np.concatenate(picked))].reset_index(drop=True)
 
 
-@dataclass
+@dataclasses.dataclass
 class Encoded:
-    """Token ids of a split stored flat (ids[offsets[i]:offsets[i+1]] is example i), with labels."""
+    """Token ids of a split stored flat (ids[offsets[i]:offsets[i+1]] is example i), with labels and the
+    examples' ids (see load_imdb)."""
 
     ids: torch.Tensor
     offsets: torch.Tensor
     labels: torch.Tensor
+    example_ids: list[str] | None = None
 
     def __len__(self) -> int:
         return len(self.labels)
@@ -137,8 +148,9 @@ def tokenize(
         digest.update(b"\0")
     digest.update(frame["label"].to_numpy().tobytes())
     path = Path(cache_dir).expanduser() / f"tokens-{digest.hexdigest()[:24]}.pt"
+    example_ids = frame["example_id"].tolist() if "example_id" in frame else None
     if path.is_file():
-        return Encoded(**torch.load(path))
+        return Encoded(**torch.load(path), example_ids=example_ids)
     texts = frame["text"].tolist()
     pieces = []
     for start in tqdm(range(0, len(texts), 1000), desc="tokenising", unit="k reviews", leave=False):
@@ -151,8 +163,9 @@ def tokenize(
         labels=torch.tensor(frame["label"].to_numpy(), dtype=torch.long),
     )
     path.parent.mkdir(parents=True, exist_ok=True)
-    write_atomic(path, lambda tmp: torch.save(vars(encoded), tmp))
-    return encoded
+    tensors = {"ids": encoded.ids, "offsets": encoded.offsets, "labels": encoded.labels}
+    write_atomic(path, lambda tmp: torch.save(tensors, tmp))
+    return dataclasses.replace(encoded, example_ids=example_ids)
 
 
 def load_splits(cfg: DictConfig, tokenizer: PreTrainedTokenizerBase, seed: int) -> tuple[Encoded, Encoded]:
@@ -183,8 +196,15 @@ def _tokenizer_fingerprint(tokenizer: PreTrainedTokenizerBase) -> str:
 def batches(
     data: Encoded, batch_size: int, pad_id: int, shuffle: bool, seed: int = 0, pad_left: bool = False
 ) -> Iterator[dict[str, torch.Tensor]]:
-    """Padded batches. Training (shuffle): shuffled, then grouped by length within windows of 50 batches so
-    padding stays small but order stays random. Evaluation: sorted by length, longest first."""
+    """Padded batches, in the order of `groups`."""
+    for idx in groups(data, batch_size, shuffle, seed):
+        yield collate(data, idx, pad_id, pad_left)
+
+
+def groups(data: Encoded, batch_size: int, shuffle: bool, seed: int = 0) -> list[torch.Tensor]:
+    """The example indices of each batch. Training (shuffle): shuffled, then grouped by length within
+    windows of 50 batches so padding stays small but order stays random. Evaluation: sorted by length,
+    longest first."""
     lengths = data.lengths
     if shuffle:
         g = torch.Generator().manual_seed(seed)
@@ -192,12 +212,9 @@ def batches(
         window = batch_size * 50
         chunks = [order[i : i + window] for i in range(0, len(order), window)]
         order = torch.cat([c[torch.argsort(lengths[c], descending=True, stable=True)] for c in chunks])
-        groups = list(order.split(batch_size))
-        groups = [groups[i] for i in torch.randperm(len(groups), generator=g)]
-    else:
-        groups = list(torch.argsort(lengths, descending=True, stable=True).split(batch_size))
-    for idx in groups:
-        yield collate(data, idx, pad_id, pad_left)
+        split = list(order.split(batch_size))
+        return [split[i] for i in torch.randperm(len(split), generator=g)]
+    return list(torch.argsort(lengths, descending=True, stable=True).split(batch_size))
 
 
 def collate(data: Encoded, idx: torch.Tensor, pad_id: int, pad_left: bool = False) -> dict[str, torch.Tensor]:

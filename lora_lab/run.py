@@ -12,6 +12,7 @@ import sys
 import time
 
 import hydra
+import pandas as pd
 import torch
 from hydra.errors import HydraException, MissingConfigException
 from omegaconf import DictConfig
@@ -105,6 +106,7 @@ def run(cfg: DictConfig) -> dict | None:
                 tokenizer.pad_token_id,
                 pad_left=tokenizer.padding_side == "left",
             )
+            predictions = metrics.pop("predictions")
             record.update(metrics, status="complete")
         except NonFiniteLoss as err:
             record.update(status="failed", reason=f"{err}; lower {methods.lr_setting(cfg)} or check the data")
@@ -117,6 +119,10 @@ def run(cfg: DictConfig) -> dict | None:
             for step, loss in enumerate(record.get("train_loss_curve", [])):
                 wandb.log({"train/loss": loss}, step=step * cfg.trainer.log_every)
             wandb.summary.update(summary)
+    if record["status"] == "complete":
+        ids = eval_set.example_ids or [str(i) for i in range(len(eval_set))]
+        frame = pd.DataFrame({"example_id": ids, "label": eval_set.labels.numpy(), **predictions})
+        record["predictions"] = store.write_predictions(path, frame)
     store.write(path, record)
     result = f"accuracy {record['accuracy']:.4f}" if record["status"] == "complete" else record["reason"]
     print(f"[lora-lab] {name}: {record['status']}: {result} -> {path}")

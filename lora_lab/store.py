@@ -17,17 +17,29 @@ from functools import cache
 from importlib.metadata import version
 from pathlib import Path
 
+import pandas as pd
 import torch
 from omegaconf import DictConfig, OmegaConf
 
-from lora_lab.atomic import write_text_atomic
+from lora_lab.atomic import write_atomic, write_text_atomic
 
-# Settings that change how a run is shown or stored, not what it computes.
-NOT_IDENTITY = ("force", "logger", "results_dir")
+# Settings that change how a run is shown or stored, or where its files are found, not what it computes.
+# The device is among them: CPU and CUDA compute the same thing up to rounding (the record says which ran);
+# precision and cheap_dropout are not, and run.py resolves their `auto` per device before hashing.
+NOT_IDENTITY = (
+    "force",
+    "logger",
+    "results_dir",
+    "trainer.progress",
+    "trainer.save_adapter",
+    "trainer.num_threads",
+    "trainer.device",
+    "data.cache_dir",
+    "data.local",
+    "model.local",
+    "model.tokenizer.local",
+)
 LORA_ONLY = ("impl", "rank", "alpha", "dropout", "use_rslora", "lora_lr")  # ignored by head-only and full
-# The device is not identity: a run on CPU and on CUDA computes the same thing up to rounding (its record
-# says which ran); precision and cheap_dropout are, and auto resolves per device before hashing.
-NOT_IDENTITY_TRAINER = ("progress", "save_adapter", "num_threads", "device")
 LIBRARIES = ("torch", "transformers", "peft", "datasets", "hydra-core")
 
 
@@ -36,14 +48,20 @@ def resolved(cfg: DictConfig) -> dict:
 
 
 def identity(cfg: DictConfig, with_seed: bool = True) -> dict:
-    """What shapes a run's result: the resolved config without display and storage settings, without LoRA
-    settings on rows that have no LoRA, and without settings left null (so that a new option whose default
-    is null leaves every earlier run's identity as it was). `trainer.precision` and `trainer.cheap_dropout`
-    count as resolved (run.py settles `auto` first): a bf16 record is not a finished fp32 run."""
-    ignored = NOT_IDENTITY + (LORA_ONLY if cfg.method.kind != "lora" else ())
-    ignored += () if with_seed else ("seed",)
-    ident = {k: v for k, v in resolved(cfg).items() if k not in ignored}
-    ident["trainer"] = {k: v for k, v in ident["trainer"].items() if k not in NOT_IDENTITY_TRAINER}
+    """What shapes a run's result: the resolved config without NOT_IDENTITY, without LoRA settings on rows
+    that have no LoRA, and without settings left null (so that a new option whose default is null leaves
+    every earlier run's identity as it was)."""
+    ignored = (
+        NOT_IDENTITY + (LORA_ONLY if cfg.method.kind != "lora" else ()) + (() if with_seed else ("seed",))
+    )
+    ident = resolved(cfg)
+    for dotted in ignored:
+        *parents, key = dotted.split(".")
+        node = ident
+        for parent in parents:
+            node = node.get(parent) if isinstance(node, dict) else None
+        if isinstance(node, dict):
+            node.pop(key, None)
     return _without_nulls(ident)
 
 
@@ -89,6 +107,17 @@ def read(path: Path) -> dict | None:
 def write(path: Path, record: dict) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     return write_text_atomic(path, json.dumps(record, indent=2, sort_keys=True) + "\n")
+
+
+PREDICTIONS_SUFFIX = ".preds.parquet"
+
+
+def write_predictions(record_path: Path, predictions: pd.DataFrame) -> dict:
+    """Write a run's per-example predictions beside its record (atomically); what the record says of them."""
+    path = record_path.with_name(record_path.stem + PREDICTIONS_SUFFIX)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    write_atomic(path, lambda tmp: predictions.to_parquet(tmp, index=False))
+    return {"file": path.name, "sha256": hashlib.sha256(path.read_bytes()).hexdigest()}
 
 
 @cache

@@ -14,7 +14,7 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from lora_lab.config import is_int, is_number, require
-from lora_lab.data import Encoded, batches
+from lora_lab.data import Encoded, batches, collate, groups
 
 
 class NonFiniteLoss(RuntimeError):
@@ -207,25 +207,25 @@ def evaluate(
     pad_left: bool = False,
     progress: bool = True,
 ) -> dict:
-    """Accuracy, macro-F1 and mean loss, on length-sorted batches without autograd."""
+    """Accuracy, macro-F1 and mean loss, on length-sorted batches without autograd; "predictions" holds
+    each example's predicted label and probability of label 1, in the order of `data`."""
     model.eval()
-    preds, labels, loss_sum = [], [], 0.0
-    total = math.ceil(len(data) / batch_size)
-    for batch in tqdm(
-        batches(data, batch_size, pad_id, shuffle=False, pad_left=pad_left),
-        total=total,
+    n = len(data)
+    pred, prob_pos, loss_sum = torch.empty(n, dtype=torch.long), torch.empty(n), 0.0
+    for idx in tqdm(
+        groups(data, batch_size, shuffle=False),
         desc="eval",
         unit="batch",
         disable=not progress,
         file=sys.stderr,
     ):
-        batch = {k: v.to(device) for k, v in batch.items()}
+        batch = {k: v.to(device) for k, v in collate(data, idx, pad_id, pad_left).items()}
         with autocast(device, precision):
             out = model(**batch)
-        loss_sum += out.loss.float().item() * len(batch["labels"])
-        preds.append(out.logits.argmax(-1).cpu())
-        labels.append(batch["labels"].cpu())
-    pred, gold = torch.cat(preds), torch.cat(labels)
+        loss_sum += out.loss.float().item() * len(idx)
+        logits = out.logits.float().cpu()
+        pred[idx], prob_pos[idx] = logits.argmax(-1), logits.softmax(-1)[:, 1]
+    gold = data.labels
     f1s = []
     for c in (0, 1):
         tp = ((pred == c) & (gold == c)).sum().item()
@@ -235,8 +235,9 @@ def evaluate(
     return {
         "accuracy": (pred == gold).float().mean().item(),
         "macro_f1": sum(f1s) / len(f1s),
-        "eval_loss": loss_sum / len(gold),
-        "eval_examples": len(gold),
+        "eval_loss": loss_sum / n,
+        "eval_examples": n,
+        "predictions": {"pred": pred.numpy(), "prob_pos": prob_pos.numpy()},
     }
 
 

@@ -41,7 +41,11 @@ def test_aclimdb_folder(tmp_path) -> None:
             for review_id, text in reviews.items():
                 (tmp_path / split / name / f"{review_id}_5.txt").write_text(text)
     frames = data.load_imdb(OmegaConf.create({"source": str(tmp_path), "local": None}))
-    assert frames["train"].to_dict("list") == {"text": ["bad", "awful", "great"], "label": [0, 0, 1]}
+    assert frames["train"].to_dict("list") == {
+        "text": ["bad", "awful", "great"],
+        "label": [0, 0, 1],
+        "example_id": ["neg/2", "neg/10", "pos/7"],
+    }
 
 
 @requires_assets
@@ -49,7 +53,9 @@ def test_shared_parquet_is_full_imdb() -> None:
     frames = data.load_imdb(OmegaConf.create({"source": str(IMDB), "local": None}))
     for split in ("train", "test"):
         assert len(frames[split]) == 25_000 and frames[split]["label"].sum() == 12_500
-        assert list(frames[split].columns) == ["text", "label"]
+        assert list(frames[split].columns) == ["text", "label", "example_id"]
+        assert frames[split]["example_id"].is_unique  # review ids repeat across labels; ours do not
+        assert frames[split]["example_id"].iloc[[0, -1]].tolist() == ["neg/0", "pos/12499"]
 
 
 def load_from_hub(tmp_path: Path, **env: str) -> tuple[subprocess.CompletedProcess, float]:
