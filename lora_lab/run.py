@@ -14,7 +14,7 @@ import time
 import hydra
 import pandas as pd
 import torch
-from hydra.errors import HydraException, MissingConfigException
+from hydra.errors import HydraException, MissingConfigException, OverrideParseException
 from omegaconf import DictConfig
 from omegaconf.errors import OmegaConfBaseException
 
@@ -155,6 +155,8 @@ def fail(err: BaseException) -> None:
         raise err
     if isinstance(err, MissingConfigException) and err.options:  # e.g. model=nope
         message = f"{str(err).splitlines()[0]}; choose one of: {', '.join(err.options)}"
+    elif isinstance(err, OverrideParseException):  # e.g. rank=[
+        message = f"cannot parse the override {err.override!r}: {err.message.splitlines()[0]}"
     else:
         message = "; ".join(line.strip() for line in str(err).splitlines() if line.strip())
     print(f"error: {message}  (HYDRA_FULL_ERROR=1 shows the traceback)", file=sys.stderr)

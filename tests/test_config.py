@@ -61,3 +61,9 @@ def test_llm_experiment_is_qlora_without_full_fine_tuning() -> None:
     cfg = compose_with_hydra(["experiment=imdb_llm"])
     assert (cfg.quant, cfg.trainer.gradient_checkpointing, cfg.model.model_type) == ("nf4", True, "qwen2")
     assert tuple(cfg.hydra.sweeper.params.method.split(",")) == params.ROWS[:-1]
+
+
+def test_the_learning_rate_setting_a_row_answers_to() -> None:
+    assert methods.lr_setting(config.compose(["method=qv_r8"])) == "lora_lr"
+    assert methods.lr_setting(config.compose(["method=full"])) == "method.lr"
+    assert methods.lr_setting(config.compose(["method=qv_r8", "method.lr=1e-3"])) == "method.lr"

@@ -12,6 +12,9 @@ from pathlib import Path
 import pandas as pd
 import pytest
 from conftest import ASSETS, requires_assets
+from hydra.core.global_hydra import GlobalHydra
+
+from lora_lab import run
 
 pytestmark = requires_assets
 
@@ -32,9 +35,16 @@ def token_cache(tmp_path_factory) -> Path:
     return tmp_path_factory.mktemp("token-cache")
 
 
-def cli(tmp_path: Path, cache: Path, *overrides: str) -> subprocess.CompletedProcess:
-    env = {**os.environ, "LORA_LAB_ASSETS": str(ASSETS), "LORA_LAB_CACHE": str(cache), "WANDB_SILENT": "true"}
-    env.pop("HYDRA_FULL_ERROR", None)
+def cli(tmp_path: Path, cache: Path, *overrides: str, env: dict | None = None) -> subprocess.CompletedProcess:
+    env = {
+        **os.environ,
+        "LORA_LAB_ASSETS": str(ASSETS),
+        "LORA_LAB_CACHE": str(cache),
+        "WANDB_SILENT": "true",
+        **(env or {}),
+    }
+    for key in ("HYDRA_FULL_ERROR", "HF_HUB_OFFLINE"):
+        env.pop(key, None)
     return subprocess.run(
         [sys.executable, "-m", "lora_lab.run", *overrides, f"results_dir={tmp_path / 'results'}"],
         cwd=tmp_path,
@@ -113,6 +123,8 @@ def test_non_finite_loss_fails_that_run_and_the_sweep_goes_on(tmp_path, token_ca
     assert out.returncode == 0, out.stderr[-2000:]
     by_lr = {r["config"]["method"]["lr"]: r for r in records(tmp_path)}
     assert by_lr[1e30]["status"] == "failed" and "loss became" in by_lr[1e30]["reason"]
+    assert "lower method.lr" in by_lr[1e30]["reason"]
+    assert not (tmp_path / "results" / "default" / "runs" / f"{by_lr[1e30]['name']}.preds.parquet").exists()
     assert by_lr[1e-3]["status"] == "complete"
 
 
@@ -130,36 +142,105 @@ def test_each_sweep_job_writes_its_own_offline_wandb_run(tmp_path, token_cache) 
     assert sorted(len(n) for n in names) == [1, 1] and names[0] != names[1] and names[0] | names[1] == stored
 
 
-def bad_parquet_folder(tmp_path: Path) -> str:
-    folder = tmp_path / "bad_imdb"
+def parquet_folder(tmp_path: Path, frame: pd.DataFrame) -> str:
+    folder = tmp_path / "imdb_like"
     folder.mkdir()
     for split in ("train", "test"):
-        pd.DataFrame({"review": ["good", "bad"], "label": [1, 0]}).to_parquet(folder / f"{split}.parquet")
+        frame.to_parquet(folder / f"{split}.parquet")
     return f"data.source={folder}"
 
 
-@pytest.mark.parametrize(
-    ("overrides", "message"),
-    [
-        (["model=nope"], "Could not find 'model/nope'"),
-        (["method=nope"], "Could not find 'method/nope'"),
-        (["method.targets=[nope]"], "target module(s) ['nope'] not found"),
-        (["model=tiny_llama", "method.targets=[q_lin]"], "target module(s) ['q_lin'] not found"),
-        (["rank=0"], "rank must be a positive integer"),
-        (["rank=64"], "rank=64 exceeds min(d_in, d_out)=32"),
-        (["alpha=-1"], "alpha must be > 0"),
-        (["dropout=1.5"], "dropout must be in [0, 1)"),
-        (["impl=foo"], "impl='foo' is not one of"),
-        (["trainer.precision=fp64"], "trainer.precision='fp64' is not one of"),
-        (["data.source=/nonexistent/imdb"], "data.source='/nonexistent/imdb' does not exist"),
-        ([bad_parquet_folder], "no column(s) ['text']"),
-        (["data.train_size=30000"], "data.train_size=30000 but the split has 25000 examples"),
-    ],
-)
-def test_user_errors_give_one_line_and_no_record(tmp_path, token_cache, overrides, message) -> None:
-    overrides = [o(tmp_path) if callable(o) else o for o in overrides]
-    out = cli(tmp_path, token_cache, *TINY, *overrides)
-    assert out.returncode != 0
-    assert message in out.stderr, out.stderr[-2000:]
-    assert "Traceback" not in out.stderr
-    assert not list((tmp_path / "results").rglob("*.json"))
+def no_text_column(tmp_path: Path) -> str:
+    return parquet_folder(tmp_path, pd.DataFrame({"review": ["good", "bad"], "label": [1, 0]}))
+
+
+def empty_dataset(tmp_path: Path) -> list[str]:
+    empty = pd.DataFrame({"text": pd.Series([], dtype=str), "label": pd.Series([], dtype="int64")})
+    return [parquet_folder(tmp_path, empty), "data.train_size=null", "data.eval_size=null"]
+
+
+TRACEBACK_HINT = "(HYDRA_FULL_ERROR=1 shows the traceback)"
+BAD_INPUT = [  # (overrides, what the one line must say)
+    (["model=nope"], "Could not find 'model/nope'; choose one of: distilbert, "),
+    (["method=nope"], "Could not find 'method/nope'"),
+    (["trainer.foo=1"], "Could not override 'trainer.foo'"),
+    (["rank=["], "cannot parse the override 'rank=['"),
+    (["method.targets=[nope]"], "target module(s) ['nope'] not found"),
+    (["model=tiny_llama", "method.targets=[q_lin]"], "target module(s) ['q_lin'] not found"),
+    (["rank=0"], "rank must be a positive integer"),
+    (["rank=abc"], "rank must be a positive integer, got 'abc'"),
+    (["rank=64"], "rank=64 exceeds min(d_in, d_out)=32"),
+    (["alpha=-1"], "alpha must be > 0"),
+    (["dropout=1.5"], "dropout must be in [0, 1)"),
+    (["impl=foo"], "impl='foo' is not one of"),
+    (["seed=-1"], "seed=-1 is not allowed; use an integer in [0, 2**32)"),
+    (["lora_lr=-1"], "lora_lr=-1 is not allowed; use a learning rate > 0"),
+    (["method=full", "method.lr=0"], "method.lr=0 is not allowed; use a learning rate > 0"),
+    (["trainer.epochs=0"], "trainer.epochs=0 is not allowed; use a whole number >= 1"),
+    (["trainer.max_steps=0"], "trainer.max_steps=0 is not allowed"),
+    (["trainer.batch_size=0"], "trainer.batch_size=0 is not allowed"),
+    (["trainer.batch_size=-1"], "trainer.batch_size=-1 is not allowed"),
+    (["trainer.eval_batch_size=0"], "trainer.eval_batch_size=0 is not allowed"),
+    (["trainer.log_every=0"], "trainer.log_every=0 is not allowed"),
+    (["trainer.grad_clip=0"], "trainer.grad_clip=0 is not allowed; use a max gradient norm > 0, or null"),
+    (["trainer.warmup_ratio=1.5"], "trainer.warmup_ratio=1.5 is not allowed; use a fraction in [0, 1)"),
+    (["trainer.weight_decay=-0.1"], "trainer.weight_decay=-0.1 is not allowed"),
+    (["trainer.precision=fp64"], "trainer.precision='fp64' is not allowed; use one of"),
+    (
+        ["trainer.cheap_dropout=maybe"],
+        "trainer.cheap_dropout='maybe' is not allowed; use auto, true or false",
+    ),
+    (["trainer.device=gpu"], "trainer.device='gpu' is not allowed; use auto, cpu, cuda or cuda:N"),
+    (["data.train_size=0"], "data.train_size=0 is not allowed"),
+    (["data.max_length=0"], "data.max_length=0 is not allowed"),
+    (["data.source=/nonexistent/imdb"], "data.source='/nonexistent/imdb' does not exist"),
+    ([no_text_column], "no column(s) ['text']"),
+    ([empty_dataset], "the train split holds no examples"),
+    (["data.train_size=30000"], "data.train_size=30000 but the split has 25000 examples"),
+    (["-m", "rank=4,8", "trainer.max_steps=0"], "trainer.max_steps=0 is not allowed"),
+]
+
+
+@pytest.mark.parametrize(("overrides", "message"), BAD_INPUT)
+def test_bad_input_gives_one_line_exit_2_and_no_files(
+    tmp_path, token_cache, monkeypatch, capsys, overrides, message
+) -> None:
+    """In-process for speed (a subprocess per case costs seconds of imports); the subprocess test below
+    checks the same through the real command line."""
+    expanded = []
+    for o in overrides:
+        made = o(tmp_path) if callable(o) else o
+        expanded += made if isinstance(made, list) else [made]
+    flags = [o for o in expanded if o == "-m"]
+    args = [*flags, *TINY, *[o for o in expanded if o != "-m"], f"results_dir={tmp_path / 'results'}"]
+    monkeypatch.setattr(sys, "argv", ["lora_lab.run", *args])
+    monkeypatch.setenv("LORA_LAB_ASSETS", str(ASSETS))
+    monkeypatch.setenv("LORA_LAB_CACHE", str(token_cache))
+    monkeypatch.delenv("HYDRA_FULL_ERROR", raising=False)  # cli() sets it for Hydra; monkeypatch restores
+    monkeypatch.chdir(tmp_path)
+    try:
+        with pytest.raises(SystemExit) as exit_code:
+            run.cli()
+    finally:
+        GlobalHydra.instance().clear()
+    assert exit_code.value.code == 2
+    lines = capsys.readouterr().err.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: "), lines
+    assert message in lines[0]
+    assert not list((tmp_path / "results").rglob("*")), "bad input left files behind"
+
+
+def test_bad_input_through_the_command_line(tmp_path, token_cache) -> None:
+    out = cli(tmp_path, token_cache, *TINY, "trainer.epochs=0")
+    assert out.returncode == 2
+    [line] = out.stderr.strip().splitlines()
+    assert line == f"error: trainer.epochs=0 is not allowed; use a whole number >= 1  {TRACEBACK_HINT}"
+    assert not (tmp_path / "results").exists()
+
+
+def test_the_default_model_without_hub_says_what_works_here(tmp_path, token_cache) -> None:
+    env = {"HF_ENDPOINT": "http://127.0.0.1:9"}  # a Hub this machine cannot reach, found out at once
+    out = cli(tmp_path, token_cache, "-m", "rank=4,8,16", env=env)
+    assert out.returncode == 2
+    assert "the Hugging Face Hub is unreachable" in out.stderr and "model=minilm" in out.stderr
+    assert "HF_HUB_OFFLINE=1" in out.stderr and "Retrying" not in out.stderr + out.stdout
