@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import os
-import re
 import subprocess
 import sys
 from pathlib import Path
@@ -128,18 +127,32 @@ def test_non_finite_loss_fails_that_run_and_the_sweep_goes_on(tmp_path, token_ca
     assert by_lr[1e-3]["status"] == "complete"
 
 
-def test_each_sweep_job_writes_its_own_offline_wandb_run(tmp_path, token_cache) -> None:
+def wandb_inspect(run_dir: Path, *flags: str) -> str:
+    """wandb's own reader of an offline run's log (`wandb leet inspect`), as a user would read it."""
+    wandb = Path(sys.executable).with_name("wandb")
+    out = subprocess.run([str(wandb), "leet", "inspect", "--json", *flags, str(run_dir)], capture_output=True)
+    assert out.returncode == 0, out.stderr[-2000:]
+    return out.stdout.decode()
+
+
+def test_each_sweep_job_writes_an_offline_wandb_run_that_wandb_reads_back(tmp_path, token_cache) -> None:
     out = cli(
         tmp_path, token_cache, "-m", "experiment=smoke", "rank=4,8", "logger=wandb", "logger.mode=offline"
     )
     assert out.returncode == 0, out.stderr[-2000:]
     runs = sorted((tmp_path / "results" / "smoke" / "wandb").glob("offline-run-*"))
-    assert len(runs) == 2 and all(list(run.glob("*.wandb")) for run in runs)
-    logs = [next(run.glob("*.wandb")).read_bytes() for run in runs]
-    assert all(b"${" not in log for log in logs)  # the resolved config: no interpolations left
-    names = [set(re.findall(rb"qv_r[48]-ours-seed0-[0-9a-f]{8}", log)) for log in logs]
-    stored = {r["name"].encode() for r in records(tmp_path, "smoke")}
-    assert sorted(len(n) for n in names) == [1, 1] and names[0] != names[1] and names[0] | names[1] == stored
+    assert len(runs) == 2 and out.stdout.count("wandb offline run: ") == 2
+    by_name = {r["name"]: r for r in records(tmp_path, "smoke")}
+    for run_dir in runs:
+        state = json.loads(wandb_inspect(run_dir, "--summary"))
+        record = by_name[state["summary"]["name"]]  # each job its own run, named as its record
+        assert state["config"]["rank"] == record["rank"] and state["config"]["alpha"] == 2 * record["rank"]
+        assert state["config"]["trainer"]["precision"] == record["precision"]  # resolved, not "auto"
+        assert state["summary"]["accuracy"] == pytest.approx(record["accuracy"])
+        history = [json.loads(line) for line in wandb_inspect(run_dir).splitlines() if '"history"' in line]
+        curve = [h["history"]["item"]["train/loss"] for h in history]
+        assert curve == pytest.approx(record["train_loss_curve"])
+    assert len(by_name) == 2
 
 
 def parquet_folder(tmp_path: Path, frame: pd.DataFrame) -> str:

@@ -1,0 +1,86 @@
+"""The README's "Running experiments" block, run in order as a new user would, on tiny data sizes: each
+command must succeed and write what the next one reads. Lines that need the Hub must fail at once, in one
+line that says what to do instead."""
+
+from __future__ import annotations
+
+import os
+import re
+import shlex
+import subprocess
+import sys
+
+import pytest
+from conftest import ASSETS, REPO, requires_assets
+
+pytestmark = requires_assets
+
+SIZES = ("data.train_size", "data.eval_size", "data.max_length", "trainer.epochs")
+TINY = [
+    "data.train_size=16",
+    "data.eval_size=16",
+    "data.max_length=32",
+    "trainer.epochs=1",
+    "trainer.progress=false",
+]
+# A study's three seeds and two impls are the same wiring again; the `seeds` line runs both impls.
+ONE_SEED_ONE_IMPL = ["hydra.sweeper.params.seed=0", "hydra.sweeper.params.impl=ours"]
+
+
+def readme_commands() -> list[tuple[list[str], str]]:
+    """(argv, comment) of each command in the README's first bash block under "Running experiments"."""
+    text = (REPO / "README.md").read_text()
+    block = re.search(r"## Running experiments\s+```bash\n(.*?)```", text, re.S).group(1)
+    commands = []
+    for line in block.splitlines():
+        command, _, comment = line.partition("#")
+        words = shlex.split(command)
+        if words and words[0] == "python":
+            commands.append((words, comment))
+    return commands
+
+
+def shrunk(words: list[str], comment: str) -> list[str]:
+    """A run command with the sizes replaced by tiny ones (the rest exactly as documented)."""
+    kept = [w for w in words if not w.startswith(SIZES)]
+    study = "-m" in words[3:] and any(w.startswith("experiment=") for w in words) and "Hub" not in comment
+    return kept + TINY + (ONE_SEED_ONE_IMPL if study else [])
+
+
+def test_readme_commands_run_in_order(tmp_path) -> None:
+    commands = readme_commands()
+    assert len(commands) >= 8, "the README's block of commands went missing"
+    env = {
+        **os.environ,
+        "LORA_LAB_ASSETS": str(ASSETS),  # the block's `export` line, as an absolute path
+        "LORA_LAB_CACHE": str(tmp_path / "cache"),
+        "HF_ENDPOINT": "http://127.0.0.1:9",  # no Hub here, and found out at once
+    }
+    for key in ("HYDRA_FULL_ERROR", "HF_HUB_OFFLINE"):
+        env.pop(key, None)
+    analysed = []
+    for words, comment in commands:
+        argv = [sys.executable, *words[1:]]
+        is_run = words[:3] == ["python", "-m", "lora_lab.run"]
+        if is_run:
+            argv = [sys.executable, *shrunk(words, comment)[1:]]
+        out = subprocess.run(argv, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=900)
+        if "Hub" in comment:
+            assert out.returncode == 2, out.stderr[-2000:]
+            assert "the Hugging Face Hub is unreachable" in out.stderr and "model=minilm" in out.stderr
+            continue
+        assert out.returncode == 0, f"{argv}\n{out.stderr[-3000:]}"
+        if words[2] == "lora_lab.analysis":
+            folder = tmp_path / words[3]
+            assert (folder / "table.md").is_file() and (folder / "acc_vs_params.png").is_file()
+            analysed.append(words[3])
+    assert len(analysed) == 3
+
+
+@pytest.mark.parametrize("words", [w for w, _ in readme_commands() if w[2] == "lora_lab.run"])
+def test_each_documented_run_composes(words) -> None:
+    """Cheap guard beside the slow walkthrough: every override in the block is a real setting."""
+    from lora_lab import config
+
+    overrides = [w for w in words[3:] if w != "-m" and "," not in w]
+    config.compose(overrides)
