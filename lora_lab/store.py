@@ -1,4 +1,5 @@
-"""The run store: one JSON record per run under results/<experiment>/runs/, plus optional wandb logging.
+"""The run store: one JSON record per run under results/<experiment>/runs/ (the `Record` schema), its
+per-example predictions beside it, plus optional wandb logging.
 
 A run's name comes from what it computes (its resolved config minus settings that do not change the
 result), so rerunning a sweep finds the runs already complete and skips them.
@@ -6,6 +7,8 @@ result), so rerunning a sweep finds the runs already complete and skips them.
 
 from __future__ import annotations
 
+import copy
+import dataclasses
 import hashlib
 import json
 import os
@@ -43,18 +46,73 @@ LORA_ONLY = ("impl", "rank", "alpha", "dropout", "use_rslora", "lora_lr")  # ign
 LIBRARIES = ("torch", "transformers", "peft", "datasets", "hydra-core")
 
 
+@dataclasses.dataclass
+class Record:
+    """One run, as the runner writes it and the analysis and tests read it. Fields a run did not reach (a
+    failed run's metrics) stay None; records written before a field existed read as None there too."""
+
+    name: str
+    experiment: str
+    label: str  # the reference table's name of the row, e.g. "Q+V (r=8)"
+    method: str  # head_only | lora | full
+    seed: int
+    model: str
+    config: dict  # the resolved config the run ran with
+    status: str  # complete | failed
+    config_id: str | None = None  # the identity hash without the seed: what seeds of one configuration share
+    targets: str | list | None = None
+    rank: int | None = None
+    impl: str | None = None  # ours | peft (LoRA rows)
+    quant: str | None = None
+    trainable_params: int | None = None
+    total_params: int | None = None
+    trainable_pct: float | None = None
+    train_examples: int | None = None
+    eval_examples: int | None = None
+    reason: str | None = None  # why a run failed
+    precision: str | None = None
+    accuracy: float | None = None
+    macro_f1: float | None = None
+    eval_loss: float | None = None
+    predictions: dict | None = None  # {"file": <name>.preds.parquet, "sha256": ...}
+    train_loss_curve: list | None = None
+    steps: int | None = None
+    train_wall_s: float | None = None
+    train_examples_per_s: float | None = None
+    train_tokens_per_s: float | None = None
+    peak_memory_mb: float | None = None
+    adapter_bytes: int | None = None
+    finished_at: str | None = None
+    wall_s: float | None = None
+    versions: dict | None = None
+    git_commit: str | None = None
+    git_dirty: bool | None = None
+    python: str | None = None
+    machine: str | None = None
+
+    @classmethod
+    def from_dict(cls, data: dict) -> Record:
+        """A record read from JSON; unknown keys (from a newer schema) are an error, missing ones None."""
+        unknown = set(data) - {f.name for f in dataclasses.fields(cls)}
+        if unknown:
+            raise ValueError(f"unknown record fields {sorted(unknown)}; update lora-lab to read this record")
+        return cls(**data)
+
+    def id_of_config(self) -> str:
+        """config_id, computed from the stored config for records written before the field existed."""
+        return self.config_id or digest(identity(self.config, self.method, with_seed=False))
+
+
 def resolved(cfg: DictConfig) -> dict:
     return OmegaConf.to_container(cfg, resolve=True)
 
 
-def identity(cfg: DictConfig, with_seed: bool = True) -> dict:
-    """What shapes a run's result: the resolved config without NOT_IDENTITY, without LoRA settings on rows
-    that have no LoRA, and without settings left null (so that a new option whose default is null leaves
-    every earlier run's identity as it was)."""
-    ignored = (
-        NOT_IDENTITY + (LORA_ONLY if cfg.method.kind != "lora" else ()) + (() if with_seed else ("seed",))
-    )
-    ident = resolved(cfg)
+def identity(config: dict, kind: str, with_seed: bool = True) -> dict:
+    """What shapes a run's result: the resolved `config` without NOT_IDENTITY, without LoRA settings on rows
+    (of method `kind`) that have no LoRA, and without settings left null (so that a new option whose
+    default is null leaves every earlier run's identity as it was)."""
+    ignored = NOT_IDENTITY + (LORA_ONLY if kind != "lora" else ()) + (() if with_seed else ("seed",))
+    ident = copy.deepcopy(config)
     for dotted in ignored:
         *parents, key = dotted.split(".")
         node = ident
@@ -78,7 +136,7 @@ def digest(ident: dict) -> str:
 def config_id(cfg: DictConfig) -> str:
     """The configuration a run belongs to: its identity without the seed. Seeds of one configuration share it;
     the analysis aggregates over it."""
-    return digest(identity(cfg, with_seed=False))
+    return digest(identity(resolved(cfg), cfg.method.kind, with_seed=False))
 
 
 def run_name(cfg: DictConfig) -> str:
@@ -90,7 +148,7 @@ def run_name(cfg: DictConfig) -> str:
         else f"{cfg.method.targets if isinstance(cfg.method.targets, str) else 'custom'}_r{cfg.rank}"
     )
     impl = cfg.impl if kind == "lora" else "none"
-    return f"{row}-{impl}-seed{cfg.seed}-{digest(identity(cfg))}"
+    return f"{row}-{impl}-seed{cfg.seed}-{digest(identity(resolved(cfg), kind))}"
 
 
 def run_dir(cfg: DictConfig) -> Path:
@@ -104,9 +162,10 @@ def read(path: Path) -> dict | None:
         return None
 
 
-def write(path: Path, record: dict) -> Path:
+def write(path: Path, record: Record) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
-    return write_text_atomic(path, json.dumps(record, indent=2, sort_keys=True) + "\n")
+    fields = {k: v for k, v in dataclasses.asdict(record).items() if v is not None}
+    return write_text_atomic(path, json.dumps(fields, indent=2, sort_keys=True) + "\n")
 
 
 PREDICTIONS_SUFFIX = ".preds.parquet"

@@ -1,5 +1,6 @@
-"""The analysis module: tables from records, seeds aggregated, reference joined, files regenerated exactly,
-the notebook executed, errors on empty or mixed folders."""
+"""The analysis: configurations kept apart by their id, seeds aggregated with CIs, claims checked with known
+effects, p-values against hand computations, files regenerated exactly, labels that never overlap, the
+notebook executed, errors on empty or mixed folders."""
 
 from __future__ import annotations
 
@@ -9,106 +10,217 @@ import subprocess
 import sys
 from pathlib import Path
 
+import matplotlib
 import nbformat
+import numpy as np
 import pandas as pd
 import pytest
 from conftest import ASSETS, REPO, requires_assets
+from matplotlib.text import Text
 from nbclient import NotebookClient
 
-from lora_lab import analysis
+from lora_lab import analysis, store
+from lora_lab.analysis import findings, stats
 from lora_lab.analysis import runs as runs_module
 
-
-def record(label: str, impl: str | None, seed: int, accuracy: float, **extra) -> dict:
-    method = {"Classification Head Only": "head_only", "Full Fine-Tuning": "full"}.get(label, "lora")
-    return {
-        "name": f"{label}-{impl}-{seed}",
-        "experiment": "imdb_rank_target/test",
-        "label": label,
-        "method": method,
-        "targets": "qv" if method == "lora" else None,
-        "impl": impl,
-        "rank": 8 if method == "lora" else None,
-        "seed": seed,
-        "model": "m",
-        "trainable_params": 100,
-        "trainable_pct": 1.0,
-        "accuracy": accuracy,
-        "macro_f1": accuracy,
-        "train_examples": 10,
-        "eval_examples": 10,
-        "status": "complete",
-        **extra,
-    }
+matplotlib.use("Agg")
+N = 400  # test examples of the synthetic stores
+ROWS = {  # label: (method, targets, rank)
+    "Classification Head Only": ("head_only", None, None),
+    "Q+V (r=4)": ("lora", "qv", 4),
+    "Q+V (r=8)": ("lora", "qv", 8),
+    "Full Fine-Tuning": ("full", None, None),
+}
 
 
-def write_store(folder: Path, records: list[dict]) -> Path:
-    (folder / "runs").mkdir(parents=True)
-    for r in records:
-        (folder / "runs" / f"{r['name']}.json").write_text(json.dumps(r))
-    return folder
-
-
-def test_seeds_are_averaged_and_the_reference_joined(tmp_path) -> None:
-    folder = write_store(
-        tmp_path,
-        [
-            record("Q+V (r=8)", "ours", 0, 0.90),
-            record("Q+V (r=8)", "ours", 1, 0.92),
-            record("Q+V (r=8)", "peft", 0, 0.91),
-            record("Classification Head Only", None, 0, 0.80),
-            record("Q+V (r=8)", "ours", 2, 0.10, status="failed"),
-        ],
+def synthetic(folder: Path, label: str, impl: str | None, seed: int, accuracy: float, **config) -> None:
+    """A record and its predictions: the first `accuracy` share of the N examples correct, then a seeded
+    shuffle of which ones, so that two runs of one accuracy still disagree on some examples."""
+    method, targets, rank = ROWS[label]
+    cfg = {"method": {"kind": method, "targets": targets}, "rank": rank, "impl": impl, "seed": seed, **config}
+    record = store.Record(
+        name=f"{label}-{impl}-{seed}-{store.digest(config)}",
+        experiment="imdb_rank_target/test",
+        label=label,
+        method=method,
+        seed=seed,
+        model="m",
+        config=cfg,
+        status="complete",
+        targets=targets,
+        rank=rank,
+        impl=impl if method == "lora" else None,
+        trainable_params={"head_only": 10, "lora": 100 * (rank or 1), "full": 10_000}[method],
+        trainable_pct=1.0,
+        train_examples=10,
+        eval_examples=N,
     )
+    correct = np.zeros(N, dtype=int)
+    correct[: round(accuracy * N)] = 1
+    correct = np.random.default_rng(seed).permutation(correct) if "shuffle" in config else correct
+    labels = np.arange(N) % 2
+    path = folder / "runs" / f"{record.name}.json"
+    frame = pd.DataFrame(
+        {
+            "example_id": [f"e{i}" for i in range(N)],
+            "label": labels,
+            "pred": np.where(correct, labels, 1 - labels),
+        }
+    )
+    record.predictions = store.write_predictions(path, frame.assign(prob_pos=0.5))
+    record.accuracy = float(correct.mean())
+    store.write(path, record)
+
+
+def analysed(folder: Path) -> tuple[pd.DataFrame, dict]:
     runs = analysis.load_runs(folder)
-    table = analysis.summarize(runs, analysis.load_reference(runs["experiment"].iloc[0]))
-    assert list(zip(table["configuration"], table["impl"], strict=True)) == [
-        ("Classification Head Only", "—"),
-        ("Q+V (r=8)", "ours"),
-        ("Q+V (r=8)", "peft"),
+    correct = analysis.correctness(runs)
+    return analysis.summarize(runs, correct, analysis.load_reference(runs["experiment"].iloc[0])), correct
+
+
+def test_seeds_give_a_t_interval_and_one_seed_a_bootstrap_one(tmp_path) -> None:
+    for seed, acc in enumerate((0.90, 0.92, 0.91)):
+        synthetic(tmp_path, "Q+V (r=8)", "ours", seed, acc)
+    synthetic(tmp_path, "Q+V (r=8)", "peft", 0, 0.85)
+    table, _ = analysed(tmp_path)
+    ours = table[table["impl"] == "ours"].iloc[0]
+    per_seed = np.array([90.0, 92.0, 91.0])
+    half = 4.302653 * per_seed.std(ddof=1) / np.sqrt(3)  # t(0.975, 2)
+    assert (ours["n"], ours["accuracy"]) == (3, pytest.approx(91.0))
+    assert (ours["ci_low"], ours["ci_high"]) == (pytest.approx(91 - half, abs=1e-4), pytest.approx(91 + half))
+    assert ours["ci_method"] == "t over 3 seeds"
+    peft = table[table["impl"] == "peft"].iloc[0]
+    se = 100 * np.sqrt(0.85 * 0.15 / N)  # the bootstrap should land near the binomial interval
+    assert peft["ci_method"] == f"bootstrap over {N} examples"
+    assert peft["ci_low"] == pytest.approx(85 - 1.96 * se, abs=0.6) and peft["ci_high"] == pytest.approx(
+        85 + 1.96 * se, abs=0.6
+    )
+    assert ours["reference_accuracy"] == 92.48
+    assert "| Q+V (r=8) | ours | 800 | 1.00% | 91.00% | [" in analysis.table.to_markdown(table)
+
+
+def test_configurations_differing_in_one_setting_stay_apart(tmp_path) -> None:
+    synthetic(tmp_path, "Q+V (r=8)", "ours", 0, 0.90, lora_lr=1e-3)
+    synthetic(tmp_path, "Q+V (r=8)", "ours", 1, 0.91, lora_lr=1e-3)
+    synthetic(tmp_path, "Q+V (r=8)", "ours", 0, 0.80, lora_lr=1e-4)
+    table, _ = analysed(tmp_path)
+    assert sorted(zip(table["configuration"], table["n"], strict=True)) == [
+        ("Q+V (r=8), lora_lr=0.0001", 1),
+        ("Q+V (r=8), lora_lr=0.001", 2),
     ]
-    ours = table.iloc[1]
-    assert (ours["n"], ours["accuracy"]) == (2, pytest.approx(91.0))
-    assert ours["accuracy_std"] == pytest.approx(pd.Series([90.0, 92.0]).std())
-    assert ours["reference_accuracy"] == 92.48 and ours["delta_pp"] == pytest.approx(91.0 - 92.48)
-    markdown = analysis.table.to_markdown(table)
-    assert "| Q+V (r=8) | ours | 100 | 1.00% | 91.00 ± 1.41% | 2 | 92.48% | -1.48 |" in markdown
 
 
-def test_empty_and_mixed_folders_are_refused(tmp_path) -> None:
+def test_empty_mixed_and_corrupt_folders_are_refused(tmp_path) -> None:
     with pytest.raises(FileNotFoundError, match="no run records"):
         analysis.load_runs(tmp_path)
-    folder = write_store(
-        tmp_path / "mixed",
-        [record("Q+V (r=8)", "ours", 0, 0.9), record("Q+V (r=8)", "peft", 0, 0.9, model="other")],
+    synthetic(tmp_path, "Q+V (r=8)", "ours", 0, 0.9)
+    other = json.loads(next((tmp_path / "runs").glob("*.json")).read_text())
+    (tmp_path / "runs" / "other.json").write_text(json.dumps({**other, "name": "other", "model": "other"}))
+    with pytest.raises(ValueError, match="mixes runs of different models"):
+        analysis.load_runs(tmp_path)
+    (tmp_path / "runs" / "other.json").write_text("{trunc")
+    with pytest.raises(
+        ValueError, match=r"other.json is not a valid run record .*rerun that run with force=true"
+    ):
+        analysis.load_runs(tmp_path)
+
+
+def claims_table(tmp_path: Path, accuracies: dict[str, float]) -> pd.DataFrame:
+    for label, acc in accuracies.items():
+        for seed in (0, 1):
+            synthetic(tmp_path, label, "ours", seed, acc + 0.005 * seed, shuffle=True)
+    table, correct = analysed(tmp_path)
+    claims = [
+        {"statement": "large", "better": {"a": "Q+V (r=8)", "b": "Classification Head Only"}},
+        {"statement": "reversed", "better": {"a": "Classification Head Only", "b": "Q+V (r=8)"}},
+        {"statement": "tiny", "better": {"a": "Q+V (r=4)", "b": "Q+V (r=8)"}},
+        {"statement": "same", "equivalent": {"a": "Q+V (r=4)", "b": "Q+V (r=8)", "margin_pp": 8.0}},
+        {"statement": "apart", "equivalent": {"a": "Q+V (r=8)", "b": "Full Fine-Tuning", "margin_pp": 1.0}},
+    ]
+    return findings.check(claims, table, correct).set_index("claim")
+
+
+def test_claims_with_known_effects_get_their_verdicts(tmp_path) -> None:
+    accuracies = {
+        "Classification Head Only": 0.60,
+        "Q+V (r=4)": 0.905,
+        "Q+V (r=8)": 0.90,
+        "Full Fine-Tuning": 0.70,
+    }
+    result = claims_table(tmp_path, accuracies)
+    assert result.loc["large", "verdict"] == "holds" and result.loc["large", "diff_pp"] == pytest.approx(30.0)
+    assert result.loc["reversed", "verdict"] == "contradicted"
+    assert result.loc["tiny", "verdict"] == "inconclusive"
+    assert "test examples" in result.loc["tiny", "would_need"]
+    assert result.loc["same", "verdict"] == "holds"  # 0.5 pp apart, inside 8 pp
+    assert result.loc["apart", "verdict"] == "contradicted"  # 20 pp apart, outside 1 pp
+    assert (result["p_holm"] >= result["p"]).all()
+    again = claims_table(tmp_path / "again", accuracies)  # a fresh store, the same numbers to the last digit
+    pd.testing.assert_frame_equal(result, again)
+
+
+def test_permutation_p_value_matches_a_hand_computation() -> None:
+    # 10 examples; a is right on all, b wrong on 4: the 4 discordant pairs all favour a. Under the null
+    # each pair's sign is a coin flip, so P(all 4 favour a) = 1/16 (= exact one-sided McNemar).
+    a = pd.DataFrame({0: [1] * 10}, index=[f"e{i}" for i in range(10)])
+    b = pd.DataFrame({0: [0] * 4 + [1] * 6}, index=a.index)
+    diff = stats.difference(a, b)
+    assert diff.diff == pytest.approx(40.0)
+    assert diff.p_greater(0.0) == pytest.approx(1 / 16)
+    assert diff.p_less(0.0) == pytest.approx(1.0)
+
+
+def test_holm_adjustment_matches_a_hand_computation() -> None:
+    # sorted: 0.01 * 3 = 0.03; 0.03 * 2 = 0.06; 0.04 * 1 = 0.04 -> kept monotone at 0.06
+    assert stats.holm([0.01, 0.04, 0.03]) == pytest.approx([0.03, 0.06, 0.06])
+
+
+def test_unpaired_example_sets_are_refused() -> None:
+    a = pd.DataFrame({0: [1, 0]}, index=["e0", "e1"])
+    b = pd.DataFrame({0: [1, 0]}, index=["e0", "e2"])
+    with pytest.raises(ValueError, match="different test examples"):
+        stats.difference(a, b)
+
+
+def test_point_labels_never_overlap(tmp_path) -> None:
+    # Seven points, several nearly on top of each other (as the seven rows are on a small model).
+    table = pd.DataFrame(
+        {
+            "configuration": [f"Configuration number {i} (r=8)" for i in range(7)],
+            "impl": ["ours"] * 7,
+            "trainable_params": [1_000, 50_000, 52_000, 54_000, 90_000, 200_000, 200_000],
+            "accuracy": [80.0, 85.0, 85.1, 85.2, 85.3, 85.25, 85.15],
+            "ci_low": [79.0] + [84.5] * 6,
+            "ci_high": [81.0] + [86.0] * 6,
+        }
     )
-    with pytest.raises(ValueError, match="mixes runs with different model"):
-        analysis.load_runs(folder)
-    folder = write_store(
-        tmp_path / "precisions",
-        [
-            record("Q+V (r=8)", "ours", 0, 0.9, precision="fp32"),
-            record("Q+V (r=8)", "peft", 0, 0.9, precision="bf16"),
-            record("Q+V (r=4)", "ours", 0, 0.9),  # older records say nothing of precision
-        ],
-    )
-    with pytest.raises(ValueError, match=r"mixes runs with different precision \(bf16, fp32, unrecorded\)"):
-        analysis.load_runs(folder)
+    fig = analysis.plot(table)
+    fig.canvas.draw()
+    renderer = fig.canvas.get_renderer()
+    boxes = [Text.get_window_extent(t, renderer) for t in fig.axes[0].texts]  # the words, not the lines
+    assert len(boxes) == 7
+    assert not any(a.overlaps(b) for i, a in enumerate(boxes) for b in boxes[i + 1 :])
 
 
 def test_wandb_source_reads_the_same_fields(monkeypatch) -> None:
-    """wandb is unreachable here, so its API object is replaced by one serving two run summaries."""
+    """The wandb server is out of reach here, so reachability, login and the API are stood in for."""
     import wandb
 
     class Run:
-        def __init__(self, summary: dict) -> None:
-            self.summary = summary
+        def __init__(self, label: str, impl: str | None) -> None:
+            method, targets, rank = ROWS[label]
+            self.summary = {"name": label, "experiment": "x", "label": label, "method": method, "seed": 0}
+            self.summary |= {"model": "m", "status": "complete", "impl": impl, "accuracy": 0.9}
+            self.summary |= {"trainable_params": 1, "trainable_pct": 1.0, "targets": targets, "rank": rank}
+            self.config = {"method": {"kind": method}, "impl": impl, "rank": rank}
 
     class Api:
         def runs(self, path: str) -> list[Run]:
             assert path == "me/lora-lab"
-            return [Run(record("Q+V (r=8)", "ours", 0, 0.9)), Run(record("Full Fine-Tuning", None, 0, 0.95))]
+            return [Run("Q+V (r=8)", "ours"), Run("Full Fine-Tuning", None)]
 
+    monkeypatch.setattr(runs_module, "unreachable", lambda url: None)
+    monkeypatch.setattr(wandb, "login", lambda **kw: True)
     monkeypatch.setattr(wandb, "Api", Api)
     runs = runs_module.load_wandb_runs("me", "lora-lab")
     assert sorted(runs["impl"]) == ["ours", "—"]
@@ -116,7 +228,7 @@ def test_wandb_source_reads_the_same_fields(monkeypatch) -> None:
 
 @pytest.fixture(scope="module")
 def real_results(tmp_path_factory) -> Path:
-    """A small results folder made by the real runner: two rows, LoRA with both impls."""
+    """A small results folder made by the real runner: two rows, LoRA with both impls, two seeds."""
     if not ASSETS.is_dir():
         pytest.skip(f"shared assets not found at {ASSETS}")
     tmp = tmp_path_factory.mktemp("analysis")
@@ -128,8 +240,9 @@ def real_results(tmp_path_factory) -> Path:
         "model=tiny_bert",
         "method=head_only,qv_r8",
         "impl=ours,peft",
+        "seed=0,1",
         "data.train_size=32",
-        "data.eval_size=32",
+        "data.eval_size=48",
         "data.max_length=32",
         "trainer.epochs=1",
         "trainer.progress=false",
@@ -139,29 +252,69 @@ def real_results(tmp_path_factory) -> Path:
     env = {**os.environ, "LORA_LAB_ASSETS": str(ASSETS), "LORA_LAB_CACHE": str(tmp / "cache")}
     out = subprocess.run(cmd, cwd=tmp, env=env, capture_output=True, text=True, timeout=600)
     assert out.returncode == 0, out.stderr[-2000:]
+    claims = tmp / "claims.yaml"
+    claims.write_text(
+        "claims:\n"
+        "  - better: {a: 'Q+V (r=8)', b: 'Classification Head Only'}\n"
+        "  - impls_equivalent: {margin_pp: 1.0}\n"
+    )
     return tmp / "imdb_rank_target" / "tiny"
 
 
-OUTPUTS = ("table.md", "table.csv", "table.tex", "acc_vs_params.png", "acc_vs_params.pdf")
+OUTPUTS = (
+    "table.md",
+    "table.csv",
+    "table.tex",
+    "acc_vs_params.png",
+    "acc_vs_params.pdf",
+    "findings.md",
+    "findings.csv",
+    "findings.png",
+)
 
 
 @requires_assets
 def test_cli_writes_and_regenerates_identical_files(real_results) -> None:
-    cli = [sys.executable, "-m", "lora_lab.analysis", str(real_results)]
+    cli = [
+        sys.executable,
+        "-m",
+        "lora_lab.analysis",
+        str(real_results),
+        "--claims",
+        str(real_results.parents[1] / "claims.yaml"),
+    ]
     first = subprocess.run(cli, capture_output=True, text=True, timeout=300)
     assert first.returncode == 0, first.stderr
     assert "| Q+V (r=8) | peft |" in first.stdout and "| Classification Head Only | — |" in first.stdout
+    assert "Q+V (r=8): ours = PEFT within 1 pp" in first.stdout
     before = {name: (real_results / name).read_bytes() for name in OUTPUTS}
     assert subprocess.run(cli, capture_output=True, timeout=300).returncode == 0
     assert {name: (real_results / name).read_bytes() for name in OUTPUTS} == before
 
 
 @requires_assets
+def test_each_record_accuracy_is_its_predictions_accuracy(real_results) -> None:
+    records = sorted((real_results / "runs").glob("*.json"))
+    assert len(records) == 6
+    for path in records:
+        record = json.loads(path.read_text())
+        preds = pd.read_parquet(path.parent / record["predictions"]["file"])
+        assert len(preds) == 48 and preds["example_id"].is_unique
+        assert record["accuracy"] == pytest.approx((preds["pred"] == preds["label"]).mean())
+    ids = {
+        tuple(pd.read_parquet(p.with_suffix("").with_suffix(".preds.parquet"))["example_id"]) for p in records
+    }
+    assert len(ids) == 1  # every seed scored on the same reviews, in the same order
+
+
+@requires_assets
 def test_notebook_executes_on_a_results_folder(real_results, monkeypatch) -> None:
     notebook = nbformat.read(REPO / "notebooks" / "ablation.ipynb", as_version=4)
     monkeypatch.setenv("LORA_LAB_RESULTS", str(real_results))
+    monkeypatch.setenv("LORA_LAB_CLAIMS", str(real_results.parents[1] / "claims.yaml"))
     NotebookClient(notebook, timeout=300, resources={"metadata": {"path": str(REPO / "notebooks")}}).execute()
     outputs = [o for cell in notebook.cells if cell.cell_type == "code" for o in cell.outputs]
     text = json.dumps([o.get("data", {}).get("text/markdown", "") for o in outputs])
     assert "Q+V (r=8)" in text and "92.48%" in text  # our row with the reference accuracy beside it
-    assert any("image/png" in o.get("data", {}) for o in outputs)
+    assert "ours = PEFT within 1 pp" in text  # the findings
+    assert sum("image/png" in o.get("data", {}) for o in outputs) >= 2

@@ -1,6 +1,7 @@
-"""python -m lora_lab.analysis RESULTS_DIR [--reference CSV] [--source wandb --entity E --project P]
+"""python -m lora_lab.analysis RESULTS_DIR [--reference CSV] [--claims YAML] [--source wandb ...]
 
-Reads the runs, prints the table, and writes table.md/.csv/.tex and acc_vs_params.png/.pdf into RESULTS_DIR.
+Reads the runs, prints the table and the study's findings, and writes table.md/.csv/.tex,
+acc_vs_params.png/.pdf and (when the study has claims) findings.md/.csv and findings.png into RESULTS_DIR.
 """
 
 from __future__ import annotations
@@ -8,7 +9,10 @@ from __future__ import annotations
 import argparse
 import sys
 
+from lora_lab.analysis import findings as findings_module
 from lora_lab.analysis import load_reference, load_runs, load_wandb_runs, plot, summarize, write_tables
+from lora_lab.analysis.plot import plot_findings
+from lora_lab.analysis.runs import correctness
 from lora_lab.analysis.table import to_markdown
 
 
@@ -18,6 +22,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument(
         "--reference", help="CSV of reference numbers (default: experiments/<study>/reference.csv)"
     )
+    parser.add_argument("--claims", help="claims to check (default: experiments/<study>/claims.yaml)")
     parser.add_argument("--source", choices=("store", "wandb"), default="store")
     parser.add_argument("--entity", help="wandb entity (with --source wandb)")
     parser.add_argument("--project", help="wandb project (with --source wandb)")
@@ -28,17 +33,25 @@ def main(argv: list[str] | None = None) -> None:
         runs = (
             load_runs(args.results) if args.source == "store" else load_wandb_runs(args.entity, args.project)
         )
+        experiment = runs["experiment"].iloc[0]
+        correct = correctness(runs)
+        table = summarize(runs, correct, load_reference(experiment, args.reference))
+        claims = findings_module.load_claims(experiment, args.claims)
+        findings = findings_module.check(claims, table, correct) if claims and correct else None
     except (FileNotFoundError, ValueError) as err:
         sys.exit(f"error: {err}")
-    experiment = runs["experiment"].iloc[0]
-    table = summarize(runs, load_reference(experiment, args.reference))
     print(to_markdown(table))
     written = write_tables(table, args.results)
     model = runs["model"].iloc[0].rsplit("/", 1)[-1]
-    plot(
-        table, args.results, title=f"{experiment}: {model}, {runs['train_examples'].iloc[0]:,} train examples"
-    )
-    print("wrote", ", ".join(str(p) for p in written), "and acc_vs_params.png/.pdf")
+    title = f"{experiment}: {model}, {runs['train_examples'].iloc[0]:,} train examples"
+    plot(table, args.results, title=title)
+    written += [f"{args.results}/acc_vs_params.png/.pdf"]
+    if findings is not None:
+        print(findings_module.to_markdown(findings))
+        written += findings_module.write_findings(findings, args.results)
+        plot_findings(findings, args.results, title=f"{experiment}: claims, a - b with 95% CI")
+        written += [f"{args.results}/findings.png"]
+    print("wrote", ", ".join(str(p) for p in written))
 
 
 if __name__ == "__main__":

@@ -14,23 +14,25 @@ MARKERS = {
     "peft": ("s", "tab:orange", "LoRA (PEFT)"),
     NO_IMPL: ("D", "tab:green", "head-only / full"),
 }
-LABEL_GAP_PT = 11  # vertical distance between stacked labels
-LABEL_WIDTH_PT = 120  # points closer than this (horizontally) share a label column
+LABEL_GAP_PT = 11  # vertical distance between labels in the column right of the axes
+VERDICT_COLORS = {"holds": "tab:green", "contradicted": "tab:red", "inconclusive": "tab:gray"}
 
 
 def plot(table: pd.DataFrame, out: str | Path | None = None, title: str = "") -> plt.Figure:
-    """Draw the summary table; with `out`, also write acc_vs_params.png and .pdf there."""
-    fig, ax = plt.subplots(figsize=(8, 5), dpi=150)
+    """Draw the summary table with 95% CIs as error bars; with `out`, write acc_vs_params.png and .pdf."""
+    fig, ax = plt.subplots(figsize=(10, 5), dpi=150)
     if "reference_accuracy" in table and table["reference_accuracy"].notna().any():
         _draw_reference(ax, table)
     for impl, (marker, color, name) in MARKERS.items():
         rows = table[table["impl"] == impl]
         if rows.empty:
             continue
+        low = (rows["accuracy"] - rows["ci_low"]).fillna(0)
+        high = (rows["ci_high"] - rows["accuracy"]).fillna(0)
         ax.errorbar(
             rows["trainable_params"],
             rows["accuracy"],
-            yerr=rows["accuracy_std"].fillna(0),
+            yerr=[low, high],
             fmt=marker,
             color=color,
             mfc=color if impl != "peft" else "none",
@@ -41,13 +43,13 @@ def plot(table: pd.DataFrame, out: str | Path | None = None, title: str = "") ->
         )
     ax.set_xscale("log")
     ax.set_xlabel("trainable parameters (log scale)")
-    ax.set_ylabel("accuracy (%)")
+    ax.set_ylabel("accuracy (%), 95% CI")
     ax.set_title(title)
     ax.grid(alpha=0.3, which="both", lw=0.5)
-    ax.margins(x=0.12, y=0.08)
+    ax.margins(x=0.08, y=0.08)
+    fig.subplots_adjust(left=0.08, right=0.66, bottom=0.22, top=0.92)
     _label_points(ax, table)  # last: it places labels in the final coordinates
-    ax.legend(loc="upper center", bbox_to_anchor=(0.5, -0.14), ncol=4, fontsize=8, frameon=False)
-    fig.tight_layout()
+    ax.legend(loc="upper center", bbox_to_anchor=(0.5, -0.13), ncol=2, fontsize=8, frameon=False)
     if out is not None:
         out = Path(out)
         out.mkdir(parents=True, exist_ok=True)
@@ -57,7 +59,8 @@ def plot(table: pd.DataFrame, out: str | Path | None = None, title: str = "") ->
 
 
 def _draw_reference(ax: plt.Axes, table: pd.DataFrame) -> None:
-    """The paper's accuracies, faint, at our parameter counts (the reference model's counts differ)."""
+    """The paper's accuracies, faint, placed at our parameter counts: the reference model's own counts
+    differ (DistilBERT-base), so only its accuracy on the y axis is comparable."""
     ref = table.drop_duplicates("configuration").dropna(subset=["reference_accuracy"])
     ax.scatter(
         ref["trainable_params"],
@@ -66,42 +69,77 @@ def _draw_reference(ax: plt.Axes, table: pd.DataFrame) -> None:
         s=300,
         color="gray",
         alpha=0.5,
-        label="reference (DistilBERT-base, full IMDB)",
+        label="reference accuracy (DistilBERT-base, full IMDB), drawn at our parameter counts",
         zorder=2,
     )
 
 
 def _label_points(ax: plt.Axes, table: pd.DataFrame) -> None:
-    """One label per configuration. Points closer than a label's width form a cluster whose labels stand in
-    one column right of the cluster, ordered by accuracy, each tied to its point by a thin line."""
+    """One label per configuration, in a column right of the axes ordered by accuracy, each tied to its
+    point by a thin line. Labels sit at least LABEL_GAP_PT apart, so they never overlap."""
     points = table.groupby("configuration", sort=False).agg(
         x=("trainable_params", "first"), y=("accuracy", "mean")
     )
     ax.get_xlim(), ax.get_ylim()  # settle autoscaling before converting to display coordinates
-    scale = 72 / ax.figure.dpi  # display pixels -> points
-    xy = {label: ax.transData.transform((r["x"], r["y"])) * scale for label, r in points.iterrows()}
-    clusters: list[list[str]] = []
-    for label in sorted(xy, key=lambda k: xy[k][0]):
-        if clusters and xy[label][0] - xy[clusters[-1][-1]][0] < LABEL_WIDTH_PT:
-            clusters[-1].append(label)
-        else:
-            clusters.append([label])
-    right_edge = ax.transData.transform((ax.get_xlim()[1], 0))[0] * scale
-    for cluster in clusters:
-        column_x = max(xy[k][0] for k in cluster) + 18
-        left = column_x + LABEL_WIDTH_PT > right_edge  # no room on the right: label on the left instead
-        heights = sorted(xy[k][1] for k in cluster)
-        start = sum(heights) / len(heights) - (len(cluster) - 1) * LABEL_GAP_PT / 2
-        for i, label in enumerate(sorted(cluster, key=lambda k: xy[k][1])):
-            x, y = xy[label]
-            dx = -12 if left else (column_x - x)
-            ax.annotate(
-                label,
-                (points.loc[label, "x"], points.loc[label, "y"]),
-                xytext=(dx, start + i * LABEL_GAP_PT - y),
-                textcoords="offset points",
-                fontsize=8,
-                va="center",
-                ha="right" if left else "left",
-                arrowprops={"arrowstyle": "-", "lw": 0.5, "color": "0.6", "shrinkA": 0, "shrinkB": 4},
-            )
+    to_points = 72 / ax.figure.dpi
+    heights = {
+        label: ax.transData.transform((r["x"], r["y"]))[1] * to_points for label, r in points.iterrows()
+    }
+    order = sorted(heights, key=heights.get)
+    placed, previous = {}, None
+    for label in order:  # bottom-up: each label at its point's height, or just above the one below it
+        y = heights[label] if previous is None else max(heights[label], previous + LABEL_GAP_PT)
+        placed[label] = previous = y
+    overflow = previous - ax.bbox.y1 * to_points
+    if overflow > 0:  # pushed past the top: shift the whole column down
+        placed = {k: v - overflow for k, v in placed.items()}
+    column_x = ax.bbox.x1 * to_points + 12
+    for label in order:
+        x, y = points.loc[label, "x"], points.loc[label, "y"]
+        ax.annotate(
+            label,
+            (x, y),
+            xytext=(column_x, placed[label]),
+            textcoords="figure points",
+            fontsize=8,
+            va="center",
+            ha="left",
+            annotation_clip=False,
+            arrowprops={"arrowstyle": "-", "lw": 0.5, "color": "0.6", "shrinkA": 0, "shrinkB": 4},
+        )
+
+
+def plot_findings(findings: pd.DataFrame, out: str | Path | None = None, title: str = "") -> plt.Figure:
+    """A forest plot: one line per claim, its difference a - b with the 95% CI, the claim's threshold
+    (or equivalence margin) dashed, coloured by verdict; with `out`, also write findings.png."""
+    fig, ax = plt.subplots(figsize=(10, 0.45 * len(findings) + 1.6), dpi=150)
+    for i, r in enumerate(findings.itertuples(index=False)):
+        y = len(findings) - 1 - i
+        color = VERDICT_COLORS[r.verdict]
+        ax.errorbar(
+            r.diff_pp,
+            y,
+            xerr=[[r.diff_pp - r.ci_low], [r.ci_high - r.diff_pp]],
+            fmt="o",
+            color=color,
+            capsize=3,
+        )
+        marks = [-r.threshold_pp, r.threshold_pp] if r.kind == "equivalent" else [r.threshold_pp]
+        ax.scatter(marks, [y] * len(marks), marker="|", s=200, color="0.3", zorder=3)
+        if pd.notna(r.reference_pp):
+            ax.scatter([r.reference_pp], [y], marker="x", color="0.4", zorder=3)
+    ax.axvline(0, color="0.5", lw=0.8)
+    ax.set_yticks(
+        range(len(findings)),
+        [f"{c} ({v})" for c, v in zip(findings["claim"], findings["verdict"], strict=True)][::-1],
+        fontsize=8,
+    )
+    ax.set_xlabel(
+        "accuracy difference a - b (pp): dot and 95% CI ours, x the reference's, | the claim's threshold"
+    )
+    ax.set_title(title, fontsize=10)
+    ax.grid(alpha=0.3, axis="x", lw=0.5)
+    fig.tight_layout()
+    if out is not None:
+        fig.savefig(Path(out) / "findings.png")
+    return fig

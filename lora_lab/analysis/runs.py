@@ -1,7 +1,10 @@
-"""Run records as a pandas frame, one row per run, from the local run store or from wandb."""
+"""Run records as a pandas frame, one row per run, from the local run store or from wandb, and the
+per-example correctness of each configuration read from the predictions beside the records."""
 
 from __future__ import annotations
 
+import dataclasses
+import hashlib
 import json
 import os
 from pathlib import Path
@@ -9,28 +12,12 @@ from pathlib import Path
 import pandas as pd
 
 from lora_lab.assets import unreachable
+from lora_lab.store import Record, identity
 
-FIELDS = (
-    "name",
-    "experiment",
-    "label",
-    "method",
-    "targets",
-    "impl",
-    "rank",
-    "seed",
-    "model",
-    "trainable_params",
-    "trainable_pct",
-    "accuracy",
-    "macro_f1",
-    "train_examples",
-    "eval_examples",
-    "train_wall_s",
-    "train_examples_per_s",
-    "precision",
-    "status",
-)
+# Record fields that go into the frame: the scalars (the config, curve and versions stay in the files).
+COLUMNS = [
+    f.name for f in dataclasses.fields(Record) if f.name not in ("config", "train_loss_curve", "versions")
+]
 NO_IMPL = "—"  # head-only and full fine-tuning have no LoRA implementation
 
 
@@ -43,49 +30,108 @@ def load_runs(folder: str | Path) -> pd.DataFrame:
         raise FileNotFoundError(
             f"no run records in {runs}; run e.g. `python -m lora_lab.run -m experiment=imdb_cpu` first"
         )
-    return frame([read_record(p) for p in paths], str(runs))
+    return frame([read_record(p) for p in paths], str(runs), runs)
 
 
-def read_record(path: Path) -> dict:
+def read_record(path: Path) -> Record:
     try:
-        return json.loads(path.read_text())
-    except (json.JSONDecodeError, UnicodeDecodeError) as err:
+        return Record.from_dict(json.loads(path.read_text()))
+    except (json.JSONDecodeError, UnicodeDecodeError, TypeError, ValueError) as err:
         raise ValueError(
             f"{path} is not a valid run record ({err}); delete it, or rerun that run with force=true"
         ) from None
 
 
 def load_wandb_runs(entity: str, project: str) -> pd.DataFrame:
-    """The same fields from wandb's public API (run.py puts them in each run's summary)."""
+    """The same fields from wandb's public API (run.py puts them in each run's summary, the config in its
+    config). wandb holds no per-example predictions, so rows get no CIs from examples and no findings."""
     import wandb
 
     where = f"wandb {entity}/{project}"
     why = unreachable(os.environ.get("WANDB_BASE_URL", "https://api.wandb.ai"))
     if why:
         raise ValueError(
-            f"{where}: the wandb server is unreachable ({why}); analyse the local run store instead"
+            f"{where}: the wandb server is unreachable ({why}); analyse the run store folder instead"
         )
     if not wandb.login(prompt=False, verify=False):
         raise ValueError(f"{where}: not logged in to wandb; run `wandb login` or set WANDB_API_KEY")
+    fields = {f.name for f in dataclasses.fields(Record)}
     try:
-        runs = [dict(run.summary) for run in wandb.Api().runs(f"{entity}/{project}")]
-    except (wandb.errors.Error, ValueError) as err:
+        records = [
+            Record(**{k: v for k, v in dict(run.summary).items() if k in fields}, config=dict(run.config))
+            for run in wandb.Api().runs(f"{entity}/{project}")
+        ]
+    except (wandb.errors.Error, ValueError, TypeError) as err:
         raise ValueError(f"{where}: {err}") from None
-    return frame(runs, where)
+    return frame(records, where)
 
 
-def frame(records: list[dict], where: str) -> pd.DataFrame:
-    """Complete runs of one experiment on one model and data size; refuse a mixed-up folder."""
-    df = pd.DataFrame([{f: r.get(f) for f in FIELDS} for r in records])
-    df = df[df["status"] == "complete"].copy()
-    if df.empty:
+def frame(records: list[Record], where: str, folder: Path | None = None) -> pd.DataFrame:
+    """Complete runs of one experiment on one model, with their configuration id and a `configuration`
+    name: the row label, plus the settings that tell apart configurations that share it."""
+    complete = [r for r in records if r.status == "complete"]
+    if not complete:
         raise ValueError(f"{where} has {len(records)} record(s) but none complete")
-    df["precision"] = df["precision"].fillna("unrecorded")  # records made before trainer.precision existed
-    for key in ("experiment", "model", "train_examples", "eval_examples", "precision"):
+    df = pd.DataFrame([{c: getattr(r, c) for c in COLUMNS} for r in complete])
+    df["config_id"] = [r.id_of_config() for r in complete]
+    df["predictions_path"] = [
+        str(folder / r.predictions["file"]) if folder is not None and r.predictions else None
+        for r in complete
+    ]
+    for key in ("experiment", "model"):
         values = sorted(df[key].dropna().astype(str).unique())
         if len(values) > 1:
             raise ValueError(
-                f"{where} mixes runs with different {key} ({', '.join(values)}); analyse one at a time"
+                f"{where} mixes runs of different {key}s ({', '.join(values)}); analyse one at a time"
             )
     df["impl"] = df["impl"].fillna(NO_IMPL)
+    settings = {r.id_of_config(): _flat(identity(r.config, r.method, with_seed=False)) for r in complete}
+    df["configuration"] = _names(df, settings)
     return df.reset_index(drop=True)
+
+
+def _flat(tree: dict, prefix: str = "") -> dict:
+    out = {}
+    for key, value in tree.items():
+        if isinstance(value, dict):
+            out.update(_flat(value, f"{prefix}{key}."))
+        else:
+            out[f"{prefix}{key}"] = value
+    return out
+
+
+def _names(df: pd.DataFrame, settings: dict[str, dict]) -> list[str]:
+    """The row label, and for labels (of one impl) held by several configurations, the settings in which
+    they differ: "Q+V (r=8), lora_lr=0.0001"."""
+    names = dict.fromkeys(df["config_id"], "")
+    for (label, _impl), group in df.groupby(["label", "impl"], sort=False):
+        ids = list(dict.fromkeys(group["config_id"]))
+        keys = sorted({k for i in ids for k in settings[i]} - {"impl"})
+        differing = [k for k in keys if len({json.dumps(settings[i].get(k)) for i in ids}) > 1]
+        for i in ids:
+            extra = ", ".join(f"{k}={settings[i].get(k)}" for k in differing)
+            names[i] = f"{label}, {extra}" if extra else label
+    return [names[i] for i in df["config_id"]]
+
+
+def correctness(runs: pd.DataFrame) -> dict[str, pd.DataFrame]:
+    """For each configuration whose runs all kept predictions: a frame of 0/1 correctness, one row per
+    test example (by example_id), one column per seed. Each file is checked against its record's sha256."""
+    out = {}
+    for config_id, group in runs.groupby("config_id", sort=False):
+        if group["predictions_path"].isna().any():
+            continue
+        columns = {}
+        for seed, path, digest in zip(
+            group["seed"], group["predictions_path"], group["predictions"], strict=True
+        ):
+            if hashlib.sha256(Path(path).read_bytes()).hexdigest() != digest["sha256"]:
+                raise ValueError(
+                    f"{path} does not match the sha256 its record holds; rerun that run with force=true"
+                )
+            preds = pd.read_parquet(path)
+            columns[seed] = pd.Series(
+                (preds["pred"] == preds["label"]).astype(int).to_numpy(), preds["example_id"]
+            )
+        out[config_id] = pd.DataFrame(columns).sort_index()
+    return out

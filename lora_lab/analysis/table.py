@@ -6,6 +6,7 @@ from pathlib import Path
 
 import pandas as pd
 
+from lora_lab.analysis import stats
 from lora_lab.analysis.runs import NO_IMPL
 from lora_lab.atomic import write_text_atomic
 from lora_lab.config import EXPERIMENTS_DIR
@@ -22,27 +23,42 @@ def load_reference(experiment: str, path: str | Path | None = None) -> pd.DataFr
     return pd.read_csv(path) if path.is_file() else None
 
 
-def summarize(runs: pd.DataFrame, reference: pd.DataFrame | None = None) -> pd.DataFrame:
-    """Aggregate runs by (configuration, impl); accuracies in percent."""
+def summarize(
+    runs: pd.DataFrame, correct: dict[str, pd.DataFrame] | None = None, reference: pd.DataFrame | None = None
+) -> pd.DataFrame:
+    """One row per configuration (seeds aggregated), accuracies in percent with a 95% CI: t over seeds, or
+    with one seed a bootstrap over its test examples (`correct`, from runs.correctness)."""
+    correct = correct or {}
     rows = []
-    for (label, impl), group in runs.groupby(["label", "impl"], sort=False):
+    for config_id, group in runs.groupby("config_id", sort=False):
         first = group.iloc[0]
         acc = 100 * group["accuracy"]
+        if config_id in correct:
+            mean, low, high, method = stats.accuracy_ci(correct[config_id])
+        elif len(acc) >= 2:
+            mean, low, high, method = stats.t_interval(acc.to_numpy())
+        else:
+            mean, low, high, method = acc.mean(), float("nan"), float("nan"), "one run, no predictions"
         rows.append(
             {
-                "configuration": label,
-                "impl": impl,
+                "configuration": first["configuration"],
+                "impl": first["impl"],
+                "config_id": config_id,
                 "trainable_params": int(first["trainable_params"]),
                 "trainable_pct": float(first["trainable_pct"]),
-                "accuracy": acc.mean(),
+                "accuracy": mean,
+                "ci_low": low,
+                "ci_high": high,
+                "ci_method": method,
                 "accuracy_std": acc.std(ddof=1) if len(acc) > 1 else float("nan"),
                 "n": len(acc),
+                "label": first["label"],
                 "_order": (
                     METHOD_ORDER.get(first["method"], 3),
-                    TARGET_ORDER.get(first["targets"], 3),
+                    TARGET_ORDER.get(first["targets"], 3) if isinstance(first["targets"], str) else 3,
                     first["rank"] if pd.notna(first["rank"]) else 0,
-                    IMPL_ORDER.get(impl, 3),
-                    label,
+                    IMPL_ORDER.get(first["impl"], 3),
+                    first["configuration"],
                 ),
             }
         )
@@ -50,23 +66,25 @@ def summarize(runs: pd.DataFrame, reference: pd.DataFrame | None = None) -> pd.D
     table = pd.DataFrame(rows).drop(columns="_order")
     if reference is not None:
         ref = reference.set_index("Configuration")["Accuracy"]
-        table["reference_accuracy"] = table["configuration"].map(ref)
+        table["reference_accuracy"] = table["label"].map(ref)
         table["delta_pp"] = table["accuracy"] - table["reference_accuracy"]
     return table.reset_index(drop=True)
 
 
 def _formatted(table: pd.DataFrame) -> pd.DataFrame:
-    """The table as a reader sees it: thousands separators, percentages, ± std when there are seeds."""
+    """The table as a reader sees it: thousands separators, percentages, the CI and how it was made."""
     out = pd.DataFrame(
         {
             "Configuration": table["configuration"],
             "Impl": table["impl"],
             "Trainable Params": table["trainable_params"].map("{:,}".format),
             "Trainable %": table["trainable_pct"].map("{:.2f}%".format),
-            "Accuracy": [
-                f"{m:.2f}%" if pd.isna(s) else f"{m:.2f} ± {s:.2f}%"
-                for m, s in zip(table["accuracy"], table["accuracy_std"], strict=True)
+            "Accuracy": table["accuracy"].map("{:.2f}%".format),
+            "95% CI": [
+                "" if pd.isna(lo) else f"[{lo:.2f}, {hi:.2f}]"
+                for lo, hi in zip(table["ci_low"], table["ci_high"], strict=True)
             ],
+            "CI from": table["ci_method"],
             "n": table["n"],
         }
     )
