@@ -30,6 +30,7 @@ from lora_lab.lora import merge
 from lora_lab.train import (
     PRECISIONS,
     autocast,
+    enable_checkpointing,
     peak_memory_mb,
     pick_cheap_dropout,
     pick_device,
@@ -62,7 +63,7 @@ def build(args: argparse.Namespace, variant: str) -> nn.Module:
         cfg.impl, cfg.method.targets = variant.split(":")
     model = methods.prepare(model, cfg)
     if args.checkpointing:  # as trainer.gradient_checkpointing does it
-        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+        enable_checkpointing(model)
     return model
 
 

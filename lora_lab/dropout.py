@@ -1,8 +1,8 @@
 """Dropout with cheap random masks, for the LoRA inputs and for the model's own dropout layers.
 
-torch's CPU `bernoulli_` spends one generator call per element: 6 ns each on this project's AMD CPU, which
-made the base model's own dropout 19% of a MiniLM fp32 training step (torch.profiler). Cutting each 64-bit
-`random_()` word into four 15-bit numbers costs 1.5 ns per element there. The masks come from torch's
+torch's CPU `bernoulli_` spends one generator call per element, which made the base model's own dropout a
+large share of a MiniLM training step; cutting each 64-bit `random_()` word into four 15-bit numbers is
+several times cheaper per element (the measurements: README, Performance). The masks come from torch's
 generator, so `torch.manual_seed` reproduces them and checkpointing replays them. The price: p is rounded to a
 multiple of 2**-15 (0.1 becomes 0.100006), and the 1/(1-p) rescaling uses that rounded p.
 """
@@ -40,8 +40,8 @@ def keep_mask(shape: torch.Size, p: float, device: torch.device) -> torch.Tensor
 
 
 def apply_dropout(x: torch.Tensor, p: float) -> torch.Tensor:
-    """Training-mode dropout of x with a `keep_mask`. Multiplying by the mask as uint8 is twice as fast on
-    CPU as by a bool mask, and autograd keeps that 1-byte mask for backward."""
+    """Training-mode dropout of x with a `keep_mask`. The mask multiplies as uint8 (faster on CPU than a bool
+    mask), and autograd keeps that 1-byte mask for backward."""
     keep = keep_mask(x.shape, p, x.device).view(torch.uint8)
     return (x * keep).mul_(keep_scale(p))
 

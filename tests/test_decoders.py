@@ -12,6 +12,7 @@ from lora_lab import data, methods, quant
 from lora_lab.config import compose
 from lora_lab.lora import load_adapter, lora_layers, save_adapter
 from lora_lab.params import count
+from lora_lab.train import enable_checkpointing
 
 
 @pytest.mark.parametrize("family", ["llama", "qwen2"])
@@ -93,7 +94,7 @@ def test_gradient_checkpointing_gives_the_same_gradients(family: str) -> None:
     for checkpointing in (False, True):
         model = methods.prepare(tiny_model(family), cfg).train()
         if checkpointing:
-            model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+            enable_checkpointing(model)
         torch.manual_seed(1)
         model(**batch()).loss.backward()
         grads.append({n: p.grad for n, p in model.named_parameters() if p.requires_grad})

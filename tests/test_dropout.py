@@ -9,6 +9,7 @@ from conftest import batch, tiny_model
 
 from lora_lab import dropout, methods
 from lora_lab.config import compose
+from lora_lab.train import enable_checkpointing
 
 
 def test_keep_mask_rate_and_reproducibility() -> None:
@@ -89,7 +90,7 @@ def test_checkpointing_replays_the_dropout_masks(family: str) -> None:
     for checkpointing in (False, True):
         model = methods.prepare(dropout.install(tiny_model(family)), cfg).train()
         if checkpointing:
-            model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+            enable_checkpointing(model)
         torch.manual_seed(1)
         model(**batch()).loss.backward()
         grads.append({n: p.grad for n, p in model.named_parameters() if p.requires_grad})
