@@ -29,3 +29,34 @@ def test_lora_runs_differ_by_impl_rank_seed_and_data_but_not_by_display_settings
     }
     assert base not in others and len(others) == 5
     assert name("method=qv_r8", "trainer.progress=false", "force=true", "logger=wandb") == base
+
+
+def test_where_files_are_found_is_not_identity_and_new_null_settings_change_nothing() -> None:
+    base = name("method=qv_r8")
+    assert name("method=qv_r8", "data.cache_dir=/elsewhere", "model.local=other/folder") == base
+    assert name("method=qv_r8", "trainer.device=cpu", "trainer.num_threads=2") == base
+    assert name("method=qv_r8", "+model.gguf_file=null") == base  # an option added later, left null
+    assert name("method=qv_r8", "trainer.precision=bf16") != name("method=qv_r8", "trainer.precision=fp32")
+    assert name("method=qv_r8", "trainer.cheap_dropout=true") != name(
+        "method=qv_r8", "trainer.cheap_dropout=false"
+    )
+
+
+def test_config_id_is_shared_by_seeds_only() -> None:
+    def config_id(*overrides: str) -> str:
+        return store.config_id(config.compose(list(overrides)))
+
+    assert config_id("seed=0") == config_id("seed=1")
+    assert config_id("seed=0") != config_id("lora_lr=1e-4")
+    cfg = config.compose(["seed=3"])
+    record = store.Record(
+        name="x",
+        experiment="e",
+        label="l",
+        method="lora",
+        seed=3,
+        model="m",
+        config=store.resolved(cfg),
+        status="complete",
+    )
+    assert record.id_of_config() == store.config_id(cfg)  # computed from the stored config alike

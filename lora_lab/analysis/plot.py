@@ -135,7 +135,8 @@ def plot_findings(findings: pd.DataFrame, out: str | Path | None = None, title: 
         fontsize=8,
     )
     ax.set_xlabel(
-        "accuracy difference a - b (pp): dot and 95% CI ours, x the reference's, | the claim's threshold"
+        "accuracy difference a - b (pp)\ndot and bar: ours with its 95% CI; x: the reference's; |: threshold",
+        fontsize=8,
     )
     ax.set_title(title, fontsize=10)
     ax.grid(alpha=0.3, axis="x", lw=0.5)
