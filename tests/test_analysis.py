@@ -136,6 +136,7 @@ def claims_table(tmp_path: Path, accuracies: dict[str, float]) -> pd.DataFrame:
         {"statement": "tiny", "better": {"a": "Q+V (r=4)", "b": "Q+V (r=8)"}},
         {"statement": "same", "equivalent": {"a": "Q+V (r=4)", "b": "Q+V (r=8)", "margin_pp": 8.0}},
         {"statement": "apart", "equivalent": {"a": "Q+V (r=8)", "b": "Full Fine-Tuning", "margin_pp": 1.0}},
+        {"statement": "not yet", "better": {"a": "All Attention (r=8)", "b": "Q+V (r=8)"}},  # no such runs
     ]
     return findings.check(claims, table, correct).set_index("claim")
 
@@ -154,7 +155,8 @@ def test_claims_with_known_effects_get_their_verdicts(tmp_path) -> None:
     assert "test examples" in result.loc["tiny", "would_need"]
     assert result.loc["same", "verdict"] == "holds"  # 0.5 pp apart, inside 8 pp
     assert result.loc["apart", "verdict"] == "contradicted"  # 20 pp apart, outside 1 pp
-    assert (result["p_holm"] >= result["p"]).all()
+    assert result.loc["not yet", "verdict"] == "not run" and pd.isna(result.loc["not yet", "p_holm"])
+    assert (result["p_holm"].dropna() >= result["p"].dropna()).all()
     again = claims_table(tmp_path / "again", accuracies)  # a fresh store, the same numbers to the last digit
     pd.testing.assert_frame_equal(result, again)
 

@@ -26,6 +26,20 @@ from lora_lab.atomic import write_text_atomic
 from lora_lab.config import EXPERIMENTS_DIR
 
 ALPHA = 0.05
+COLUMNS = [
+    "claim",
+    "kind",
+    "a",
+    "b",
+    "threshold_pp",
+    "reference_pp",
+    "diff_pp",
+    "ci_low",
+    "ci_high",
+    "p",
+    "examples",
+    "seed_pairs",
+]
 KINDS = ("better", "at_least", "equivalent", "impls_equivalent")
 
 
@@ -49,10 +63,11 @@ def check(claims: list[dict], table: pd.DataFrame, correct: dict[str, pd.DataFra
         kind, args = next((k, claim[k]) for k in KINDS if k in claim)
         impl_a = args.get("impl", "ours")
         a, b = _config(table, args["a"], impl_a), _config(table, args["b"], args.get("impl_b", impl_a))
-        if a not in correct or b not in correct:
-            raise ValueError(
-                f"claim {_statement(claim, kind, args)!r}: its rows have no per-example predictions"
+        if a not in correct or b not in correct:  # a sweep still under way, or records without predictions
+            rows.append(
+                {"claim": _statement(claim, kind, args), "kind": kind, "a": args["a"], "b": args["b"]}
             )
+            continue
         diff = stats.difference(correct[a], correct[b])
         threshold = {"better": 0.0, "at_least": args.get("by_pp", 0.0)}.get(kind, args.get("margin_pp"))
         if kind == "equivalent":
@@ -82,14 +97,21 @@ def check(claims: list[dict], table: pd.DataFrame, correct: dict[str, pd.DataFra
                 "_needed": (needed_examples, needed_seeds),
             }
         )
-    findings = pd.DataFrame(rows)
-    findings["p_holm"] = stats.holm(findings["p"].tolist())
+    findings = pd.DataFrame(rows, columns=[*COLUMNS, "_wrong_side", "_needed"])
+    checked = findings["p"].notna()
+    findings["p_holm"] = float("nan")
+    if checked.any():
+        findings.loc[checked, "p_holm"] = stats.holm(findings.loc[checked, "p"].tolist())
     findings["verdict"] = [
-        "holds" if p < ALPHA else "contradicted" if wrong else "inconclusive"
+        "not run" if pd.isna(p) else "holds" if p < ALPHA else "contradicted" if wrong else "inconclusive"
         for p, wrong in zip(findings["p_holm"], findings["_wrong_side"], strict=True)
     ]
     findings["would_need"] = [
-        "" if verdict != "inconclusive" else _need_text(*needed)
+        "its rows have no runs with predictions here"
+        if verdict == "not run"
+        else _need_text(*needed)
+        if verdict == "inconclusive"
+        else ""
         for verdict, needed in zip(findings["verdict"], findings["_needed"], strict=True)
     ]
     return findings.drop(columns=["_wrong_side", "_needed"])
@@ -110,10 +132,13 @@ def _expanded(claims: list[dict], table: pd.DataFrame) -> list[dict]:
     return out
 
 
-def _config(table: pd.DataFrame, label: str, impl: str) -> str:
-    """The config_id of the row named `label` (of `impl`, or its impl-less row: head-only, full)."""
+def _config(table: pd.DataFrame, label: str, impl: str) -> str | None:
+    """The config_id of the row named `label` (of `impl`, or its impl-less row: head-only, full); None when
+    the table has no such row."""
     rows = table[(table["configuration"] == label) & table["impl"].isin([impl, NO_IMPL])]
-    if len(rows) != 1:
+    if rows.empty:
+        return None
+    if len(rows) > 1:
         found = sorted(table["configuration"].unique())
         raise ValueError(
             f"a claim names the row {label!r} (impl {impl}), found {len(rows)} times; the rows: {found}"
@@ -142,15 +167,20 @@ def to_markdown(findings: pd.DataFrame) -> str:
     ]
     for r in findings.itertuples(index=False):
         ref = "" if r.reference_pp is None or pd.isna(r.reference_pp) else f"{r.reference_pp:+.2f}"
-        lines.append(
-            f"| {r.claim} | {ref} | {r.diff_pp:+.2f} | [{r.ci_low:+.2f}, {r.ci_high:+.2f}] | "
-            f"{_p(r.p_holm)} | {r.verdict} | {r.would_need} |"
+        ours = (
+            ""
+            if pd.isna(r.diff_pp)
+            else f"{r.diff_pp:+.2f} | [{r.ci_low:+.2f}, {r.ci_high:+.2f}] | {_p(r.p_holm)}"
         )
-    first = findings.iloc[0]
+        lines.append(f"| {r.claim} | {ref} | {ours or ' | | '} | {r.verdict} | {r.would_need} |")
+    checked = findings.dropna(subset=["diff_pp"])
+    if checked.empty:
+        return "\n".join(lines) + "\n"
+    first = checked.iloc[0]
     lines.append(
         f"\nΔ = a - b in accuracy points on the same {first['examples']:,} test examples. CI: paired "
         f"bootstrap over examples and seed pairs ({first['seed_pairs']} here). p: one-sided paired "
-        f"permutation test over examples of the claim's null, Holm-adjusted over the {len(findings)} claims."
+        f"permutation test over examples of the claim's null, Holm-adjusted over {len(checked)} claims run."
     )
     return "\n".join(lines) + "\n"
 

@@ -112,6 +112,7 @@ def _label_points(ax: plt.Axes, table: pd.DataFrame) -> None:
 def plot_findings(findings: pd.DataFrame, out: str | Path | None = None, title: str = "") -> plt.Figure:
     """A forest plot: one line per claim, its difference a - b with the 95% CI, the claim's threshold
     (or equivalence margin) dashed, coloured by verdict; with `out`, also write findings.png."""
+    findings = findings.dropna(subset=["diff_pp"])  # claims whose rows have not run yet have no line
     fig, ax = plt.subplots(figsize=(10, 0.45 * len(findings) + 1.6), dpi=150)
     for i, r in enumerate(findings.itertuples(index=False)):
         y = len(findings) - 1 - i
