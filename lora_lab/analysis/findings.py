@@ -61,12 +61,12 @@ def check(claims: list[dict], table: pd.DataFrame, correct: dict[str, pd.DataFra
     rows = []
     for claim in _expanded(claims, table):
         kind, args = next((k, claim[k]) for k in KINDS if k in claim)
+        named = {"claim": _statement(claim, kind, args), "kind": kind, "a": args["a"], "b": args["b"]}
+        named["reference_pp"] = claim.get("reference_pp")
         impl_a = args.get("impl", "ours")
         a, b = _config(table, args["a"], impl_a), _config(table, args["b"], args.get("impl_b", impl_a))
         if a not in correct or b not in correct:  # a sweep still under way, or records without predictions
-            rows.append(
-                {"claim": _statement(claim, kind, args), "kind": kind, "a": args["a"], "b": args["b"]}
-            )
+            rows.append(named)
             continue
         diff = stats.difference(correct[a], correct[b])
         threshold = {"better": 0.0, "at_least": args.get("by_pp", 0.0)}.get(kind, args.get("margin_pp"))
@@ -81,12 +81,8 @@ def check(claims: list[dict], table: pd.DataFrame, correct: dict[str, pd.DataFra
         needed_examples, needed_seeds = diff.needed(margin)
         rows.append(
             {
-                "claim": _statement(claim, kind, args),
-                "kind": kind,
-                "a": args["a"],
-                "b": args["b"],
+                **named,
                 "threshold_pp": threshold,
-                "reference_pp": claim.get("reference_pp"),
                 "diff_pp": diff.diff,
                 "ci_low": diff.low,
                 "ci_high": diff.high,
@@ -178,8 +174,8 @@ def to_markdown(findings: pd.DataFrame) -> str:
         return "\n".join(lines) + "\n"
     first = checked.iloc[0]
     lines.append(
-        f"\nΔ = a - b in accuracy points on the same {first['examples']:,} test examples. CI: paired "
-        f"bootstrap over examples and seed pairs ({first['seed_pairs']} here). p: one-sided paired "
+        f"\nΔ = a - b in accuracy points on the same {int(first['examples']):,} test examples. CI: paired "
+        f"bootstrap over examples and seed pairs ({int(first['seed_pairs'])} here). p: one-sided paired "
         f"permutation test over examples of the claim's null, Holm-adjusted over {len(checked)} claims run."
     )
     return "\n".join(lines) + "\n"
