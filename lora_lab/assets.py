@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import os
 import socket
+from collections.abc import Callable
 from functools import cache
 from pathlib import Path
 from urllib.parse import urlparse
@@ -52,18 +53,19 @@ def on_disk(hub_id: str, local: str | None) -> str | None:
     return None
 
 
-def resolve(hub_id: str, local: str | None, what: str, hint: str = "") -> str:
+def resolve(hub_id: str, local: str | None, what: str, hint: Callable[[], str] | None = None) -> str:
     """The copy on disk (`on_disk`), else the Hub id once the Hub has answered (or HF_HUB_OFFLINE=1 says to
-    use the cache). `what` and `hint` go into the error: what was being loaded, and which settings would
+    use the cache). `what` and `hint()` go into the error: what was being loaded, and which settings would
     work here instead."""
     path = on_disk(hub_id, local)
     if path is not None:
         return path
     why = None if constants.HF_HUB_OFFLINE else unreachable(constants.ENDPOINT)
     if why:
+        fix = hint() if hint else _fix(local)
         raise FileNotFoundError(
             f"{what} {hub_id!r} is not under {_local_place(local)} and the Hugging Face Hub is unreachable "
-            f"({why}); {hint or _fix(local)}, or set HF_HUB_OFFLINE=1 to use the Hugging Face cache"
+            f"({why}); {fix}, or set HF_HUB_OFFLINE=1 to use the Hugging Face cache"
         )
     return hub_id
 

@@ -107,7 +107,7 @@ def family_of(model: nn.Module) -> Family:
 def load_tokenizer(cfg: DictConfig) -> PreTrainedTokenizerBase:
     """The model's tokenizer (or `cfg.tokenizer`'s, for random-init test models), with a pad token."""
     src = cfg.tokenizer or cfg
-    source = assets.resolve(src.name, src.get("local"), "the tokenizer of", _offline_hint())
+    source = assets.resolve(src.name, src.get("local"), "the tokenizer of", _offline_hint)
     try:
         tokenizer = AutoTokenizer.from_pretrained(source)
     except OSError as err:
@@ -143,7 +143,7 @@ def load_model(cfg: DictConfig, num_labels: int = 2, pad_token_id: int | None = 
             config = AutoConfig.for_model(cfg.model_type, num_labels=num_labels, **overrides)
             model = AutoModelForSequenceClassification.from_config(config)
         else:
-            source = on_disk or assets.resolve(cfg.name, cfg.get("local"), "model", _offline_hint())
+            source = on_disk or assets.resolve(cfg.name, cfg.get("local"), "model", _offline_hint)
             if cfg.pretrained:
                 model = AutoModelForSequenceClassification.from_pretrained(
                     source, num_labels=num_labels, **overrides
