@@ -8,9 +8,10 @@ Claims name rows of the table by label (and impl, default ours; head-only and fu
 Each may give `reference_pp`, the reference's own difference, and `statement`, the words of the finding.
 
 Verdicts: `holds` when the claim's one-sided test rejects its null after Holm's adjustment across the study's
-claims (p < 0.05); `contradicted` when the 95% CI of the difference lies wholly on the wrong side of the
-claim's threshold (for equivalence: wholly outside the margin); `inconclusive` otherwise, with roughly how
-many test examples (and seeds) the observed effect would need to show with power 0.8.
+claims (p < 0.05) and the 95% CI, which also resamples seeds, lies wholly on the claim's side (the test
+resamples examples only, so seed-to-seed variation must not undo it); `contradicted` when the 95% CI lies
+wholly on the wrong side of the claim's threshold (for equivalence: wholly outside the margin); `inconclusive`
+otherwise, with roughly how many test examples (and seeds) the observed effect would need (power 0.8).
 """
 
 from __future__ import annotations
@@ -73,10 +74,12 @@ def check(claims: list[dict], table: pd.DataFrame, correct: dict[str, pd.DataFra
         if kind == "equivalent":
             p = max(diff.p_greater(-threshold), diff.p_less(threshold))
             wrong_side = diff.low > threshold or diff.high < -threshold
+            ci_agrees = -threshold < diff.low and diff.high < threshold
             margin = threshold - abs(diff.diff)
         else:
             p = diff.p_greater(threshold)
             wrong_side = diff.high < threshold
+            ci_agrees = diff.low > threshold
             margin = diff.diff - threshold
         needed_examples, needed_seeds = diff.needed(margin)
         rows.append(
@@ -90,17 +93,26 @@ def check(claims: list[dict], table: pd.DataFrame, correct: dict[str, pd.DataFra
                 "examples": diff.examples,
                 "seed_pairs": diff.seed_pairs,
                 "_wrong_side": wrong_side,
+                "_ci_agrees": ci_agrees,
                 "_needed": (needed_examples, needed_seeds),
             }
         )
-    findings = pd.DataFrame(rows, columns=[*COLUMNS, "_wrong_side", "_needed"])
+    findings = pd.DataFrame(rows, columns=[*COLUMNS, "_wrong_side", "_ci_agrees", "_needed"])
     checked = findings["p"].notna()
     findings["p_holm"] = float("nan")
     if checked.any():
         findings.loc[checked, "p_holm"] = stats.holm(findings.loc[checked, "p"].tolist())
     findings["verdict"] = [
-        "not run" if pd.isna(p) else "holds" if p < ALPHA else "contradicted" if wrong else "inconclusive"
-        for p, wrong in zip(findings["p_holm"], findings["_wrong_side"], strict=True)
+        "not run"
+        if pd.isna(p)
+        else "holds"
+        if p < ALPHA and agrees
+        else "contradicted"
+        if wrong
+        else "inconclusive"
+        for p, agrees, wrong in zip(
+            findings["p_holm"], findings["_ci_agrees"], findings["_wrong_side"], strict=True
+        )
     ]
     findings["would_need"] = [
         "its rows have no runs with predictions here"
@@ -110,7 +122,7 @@ def check(claims: list[dict], table: pd.DataFrame, correct: dict[str, pd.DataFra
         else ""
         for verdict, needed in zip(findings["verdict"], findings["_needed"], strict=True)
     ]
-    return findings.drop(columns=["_wrong_side", "_needed"])
+    return findings.drop(columns=["_wrong_side", "_ci_agrees", "_needed"])
 
 
 def _expanded(claims: list[dict], table: pd.DataFrame) -> list[dict]:
