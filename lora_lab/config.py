@@ -23,6 +23,14 @@ def compose(overrides: Sequence[str] = ()) -> DictConfig:
         return hydra_compose(config_name="config", overrides=list(overrides))
 
 
+def sweep_rows(experiment: str) -> list[str]:
+    """The method rows (conf/method/ names) an experiment sweeps, in its order: a study's row list lives
+    in its experiment file only."""
+    with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
+        cfg = hydra_compose("config", overrides=[f"experiment={experiment}"], return_hydra_config=True)
+    return str(cfg.hydra.sweeper.params.method).split(",")
+
+
 def is_int(value: object) -> bool:
     return isinstance(value, int) and not isinstance(value, bool)
 

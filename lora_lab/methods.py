@@ -1,26 +1,27 @@
-"""The fine-tuning methods behind one interface: `prepare` a model, `save` what a run keeps.
+"""The fine-tuning methods, one class per `method.kind` in the METHODS registry.
 
-head_only trains the classification head; lora adds low-rank adapters (ours or PEFT's, by `impl`) and
-trains the head in full beside them; full trains everything.
+A method says what trains (`prepare`), what a run keeps (`save`), how its row is named (`label`, `row`),
+which implementations it has (`impls`), and which top-level settings shape its result (`settings`: the
+others leave its run identity). Adding a kind is one class here plus a file in conf/method/.
 """
 
 from __future__ import annotations
 
-import math
+import dataclasses
 from collections.abc import Sequence
 from pathlib import Path
 
 import torch
 from omegaconf import DictConfig, ListConfig, OmegaConf
-from peft import LoraConfig, PeftModel, TaskType, get_peft_model
 from torch import nn
 
-from lora_lab import lora
+from lora_lab import bottleneck, ia3, lora
 from lora_lab.config import is_number, require
 from lora_lab.lora.inject import name_matches
+from lora_lab.lora.layer import RANDOM_INITS, random_a
+from lora_lab.lora.settings import INITS, LoRASettings
 from lora_lab.models import family_of
 
-KINDS = ("head_only", "lora", "full")
 IMPLS = ("ours", "peft")
 TARGET_LABELS = {"qv": "Q+V", "attn": "All Attention", "attn_ffn": "All Attention+FFN"}
 
@@ -34,29 +35,306 @@ def targets_of(model: nn.Module, targets: str | Sequence[str]) -> str | list[str
     return targets  # "all-linear" or a regex
 
 
-def row_label(cfg: DictConfig) -> str:
-    """The reference table's name for a configuration, e.g. "Q+V (r=8)"."""
-    kind = cfg.method.kind
-    if kind == "head_only":
+def train_only(model: nn.Module, names: Sequence[str]) -> nn.Module:
+    """Freeze everything but the modules named (by suffix)."""
+    model.requires_grad_(False)
+    for name, module in model.named_modules():
+        if name_matches(name, names):
+            module.requires_grad_(True)
+    return model
+
+
+class Method:
+    """One kind of fine-tuning; the defaults suit a method with no settings, impls or files to keep."""
+
+    impls: tuple[str, ...] = ()  # the values `impl` may take; a single one is fixed, not a setting
+    settings: tuple[str, ...] = ()  # top-level config keys that shape this method's result
+
+    def check(self, cfg: DictConfig) -> None:
+        """Settings that can be checked before anything loads."""
+        if len(self.impls) > 1 and cfg.impl not in self.impls:
+            raise ValueError(f"impl={cfg.impl!r} is not one of {self.impls}; use impl=ours or impl=peft")
+
+    def impl(self, cfg: DictConfig) -> str | None:
+        """The implementation a run uses: `impl` where there is a choice, else the only one (or none)."""
+        return cfg.impl if len(self.impls) > 1 else next(iter(self.impls), None)
+
+    def prepare(self, model: nn.Module, cfg: DictConfig) -> nn.Module:
+        raise NotImplementedError
+
+    def label(self, cfg: DictConfig) -> str:
+        """The table's name of the row, e.g. "Q+V (r=8)"."""
+        raise NotImplementedError
+
+    def row(self, cfg: DictConfig) -> str:
+        """The readable start of a run's name."""
+        return cfg.method.kind
+
+    def save(self, model: nn.Module, path: Path, base_name: str) -> Path | None:
+        """Keep what the run trained, when it is small (an adapter); None when nothing is kept."""
+        return None
+
+    def merge(self, model: nn.Module) -> nn.Module | None:
+        """The model with its adapter folded into the base weights (inference at the base's cost), in
+        place; None for methods whose additions cannot be folded."""
+        return None
+
+
+class HeadOnly(Method):
+    def prepare(self, model: nn.Module, cfg: DictConfig) -> nn.Module:
+        return train_only(model, family_of(model).head)
+
+    def label(self, cfg: DictConfig) -> str:
         return "Classification Head Only"
-    if kind == "full":
+
+
+class Full(Method):
+    def check(self, cfg: DictConfig) -> None:
+        if cfg.get("quant"):
+            raise ValueError(
+                "quant=nf4 freezes a 4-bit base; full fine-tuning cannot train it (use a LoRA method)"
+            )
+
+    def prepare(self, model: nn.Module, cfg: DictConfig) -> nn.Module:
+        return model.requires_grad_(True)
+
+    def label(self, cfg: DictConfig) -> str:
         return "Full Fine-Tuning"
-    targets = cfg.method.targets
-    name = TARGET_LABELS.get(targets, targets if isinstance(targets, str) else "+".join(targets))
-    return f"{name} (r={cfg.rank})"
+
+
+def lora_settings(cfg: DictConfig) -> LoRASettings:
+    """The LoRA settings of a config: its top-level keys named like LoRASettings' fields (null: default)."""
+    return LoRASettings.from_options(**{f.name: cfg.get(f.name) for f in dataclasses.fields(LoRASettings)})
+
+
+class LoRA(Method):
+    """Low-rank adapters (and the DoRA, PiSSA/OLoRA and LoRA+ variants), ours or PEFT's, with the
+    classification head trained in full beside them."""
+
+    impls = IMPLS
+    settings = ("impl", "lora_lr", "lora_plus_ratio", *(f.name for f in dataclasses.fields(LoRASettings)))
+
+    def check(self, cfg: DictConfig) -> None:
+        super().check(cfg)
+        init = cfg.get("init")
+        require(init is None or init in INITS, "init", init, f"one of {INITS}, or null for kaiming")
+        ratio = cfg.get("lora_plus_ratio")
+        ok = ratio is None or (is_number(ratio) and ratio > 0)
+        require(ok, "lora_plus_ratio", ratio, "B's learning rate over A's (> 0; LoRA+ uses 16), or null")
+
+    def prepare(self, model: nn.Module, cfg: DictConfig) -> nn.Module:
+        family = family_of(model)
+        targets = targets_of(model, cfg.method.targets)
+        saved = list(family.lora_modules_to_save)
+        settings = lora_settings(cfg)
+        if cfg.impl == "ours":
+            model = lora.apply_lora(model, targets, settings, modules_to_save=saved)
+        else:
+            model = _peft_lora(model, targets, saved, settings)
+        if settings.init in RANDOM_INITS:
+            _seed_lora_a(model, settings.init, cfg.seed)
+        if cfg.get("lora_plus_ratio"):
+            _mark_lora_plus(model, cfg.lora_plus_ratio)
+        return model
+
+    def label(self, cfg: DictConfig) -> str:
+        targets = cfg.method.targets
+        name = TARGET_LABELS.get(targets, targets if isinstance(targets, str) else "+".join(targets))
+        variant = ", ".join(_variants(cfg))
+        return f"{name} (r={cfg.rank}{', ' + variant if variant else ''})"
+
+    def row(self, cfg: DictConfig) -> str:
+        targets = cfg.method.targets if isinstance(cfg.method.targets, str) else "custom"
+        variant = "".join(f"_{v.lower().replace('+', 'plus')}" for v in _variants(cfg))
+        return f"{targets}_r{cfg.rank}{variant}"
+
+    def save(self, model: nn.Module, path: Path, base_name: str) -> Path:
+        """The adapter in PEFT's format (PiSSA/OLoRA converted to a plain LoRA on the original base)."""
+        if hasattr(model, "lora_adapter"):
+            return lora.save_adapter(model, path, base_model_name_or_path=base_name)
+        model.save_pretrained(
+            path
+        )  # PEFT's PiSSA/OLoRA files replay the init on the original base when loaded
+        return path
+
+
+def _variants(cfg: DictConfig) -> list[str]:
+    """The named LoRA variants a config turns on, for its label and run name."""
+    settings = lora_settings(cfg)
+    names = {"pissa": ["PiSSA"], "olora": ["OLoRA"]}.get(settings.init, [])
+    if settings.use_dora:
+        names.append("DoRA")
+    if cfg.get("lora_plus_ratio"):
+        names.append("LoRA+")
+    return names
+
+
+def _peft_lora(
+    model: nn.Module, targets: str | list[str], saved: list[str], settings: LoRASettings
+) -> nn.Module:
+    from peft import LoraConfig, TaskType, get_peft_model  # slow to import; only impl=peft needs it
+
+    # PEFT's own all-linear would also catch pre_classifier (a head module); give it our resolved list.
+    if targets == "all-linear":
+        targets = lora.resolve_targets(model, targets)
+    config = LoraConfig(
+        task_type=TaskType.SEQ_CLS, bias="none", **lora.settings.to_peft(settings, targets, saved)
+    )
+    return get_peft_model(model, config)
+
+
+def _seed_lora_a(model: nn.Module, init: str, seed: int) -> None:
+    """Draw every lora_A again from one seeded stream, in module order, so ours and PEFT start identical
+    (PEFT consumes the global RNG differently while building its layers). B stays zero."""
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if "lora_A" in name:
+                p.copy_(random_a(p.shape, init, g))
+
+
+def _mark_lora_plus(model: nn.Module, ratio: float) -> None:
+    """LoRA+ (Hayou et al. 2024): B learns `ratio` times faster than A; the optimizer reads `lr_ratio`.
+
+    Grouped as PEFT's create_loraplus_optimizer groups: every lora_B and every other trainable 1-D tensor
+    (biases, norms, DoRA's magnitudes, the head's bias) at the ratio. The paper speeds up B alone."""
+    for name, p in model.named_parameters():
+        if p.requires_grad and ("lora_B" in name or p.dim() == 1):
+            p.lr_ratio = ratio
+
+
+def _peft_merge(model: nn.Module) -> nn.Module:
+    model.merge_adapter()
+    return model
+
+
+class IA3(Method):
+    """(IA)^3: learned rescaling of keys, values and the feed-forward's inner activations (ia3.py), ours or
+    PEFT's, with the head trained in full."""
+
+    impls = IMPLS
+    settings = ("impl",)
+
+    def prepare(self, model: nn.Module, cfg: DictConfig) -> nn.Module:
+        family = family_of(model)
+        targets = lora.resolve_targets(model, f"{family.keys_values}|{family.ffn_out}")
+        feedforward = lora.resolve_targets(model, family.ffn_out)
+        saved = list(family.lora_modules_to_save)
+        if cfg.impl == "ours":
+            return ia3.apply_ia3(model, targets, feedforward, saved)
+        from peft import IA3Config, TaskType, get_peft_model
+
+        config = IA3Config(
+            task_type=TaskType.SEQ_CLS,
+            target_modules=targets,
+            feedforward_modules=feedforward,
+            modules_to_save=saved,
+        )
+        return get_peft_model(model, config)
+
+    def label(self, cfg: DictConfig) -> str:
+        return "IA3 (keys, values, FFN)"
+
+    def save(self, model: nn.Module, path: Path, base_name: str) -> Path | None:
+        if _is_peft(model):
+            model.save_pretrained(path)
+            return path
+        return None
+
+    def merge(self, model: nn.Module) -> nn.Module:
+        if _is_peft(model):
+            return _peft_merge(model)
+        for layer in ia3.ia3_layers(model):
+            layer.merge()
+        return model
+
+
+def _is_peft(model: nn.Module) -> bool:
+    return hasattr(model, "peft_config")  # a PeftModel (checked without importing peft)
+
+
+class Bottleneck(Method):
+    """Bottleneck adapters in series after sublayer outputs (bottleneck.py): Houlsby (attention and
+    feed-forward) or Pfeiffer (feed-forward only), by `method.placement`. In-house only: PEFT has none."""
+
+    impls = ("ours",)
+    PLACEMENTS = ("houlsby", "pfeiffer")
+
+    def check(self, cfg: DictConfig) -> None:
+        placement = cfg.method.get("placement")
+        require(placement in self.PLACEMENTS, "method.placement", placement, f"one of {self.PLACEMENTS}")
+
+    def prepare(self, model: nn.Module, cfg: DictConfig) -> nn.Module:
+        family = family_of(model)
+        after = (
+            family.ffn_out if cfg.method.placement == "pfeiffer" else f"{family.attn_out}|{family.ffn_out}"
+        )
+        return bottleneck.apply_bottleneck(
+            model, after, cfg.method.reduction_factor, list(family.lora_modules_to_save)
+        )
+
+    def label(self, cfg: DictConfig) -> str:
+        return f"{cfg.method.placement.capitalize()} adapters (d/{cfg.method.reduction_factor})"
+
+    def row(self, cfg: DictConfig) -> str:
+        return f"{cfg.method.placement}_rf{cfg.method.reduction_factor}"
+
+
+class PromptLearning(Method):
+    """Prompt tuning (Lester et al. 2021: trained embeddings of virtual tokens before the input) or prefix
+    tuning (Li and Liang 2021: trained keys and values at every layer), through PEFT only, with the head
+    trained in full (PEFT's SEQ_CLS does)."""
+
+    impls = ("peft",)
+
+    def __init__(self, name: str, peft_config: str) -> None:
+        self.name, self.peft_config = name, peft_config
+
+    def prepare(self, model: nn.Module, cfg: DictConfig) -> nn.Module:
+        import peft
+
+        config = getattr(peft, self.peft_config)(
+            task_type=peft.TaskType.SEQ_CLS,
+            num_virtual_tokens=cfg.method.num_virtual_tokens,
+            # PEFT reads these from the model's config by their usual names, which DistilBERT's lacks
+            token_dim=model.get_input_embeddings().embedding_dim,
+            num_layers=model.config.num_hidden_layers,
+            num_attention_heads=model.config.num_attention_heads,
+        )
+        return peft.get_peft_model(model, config)
+
+    def label(self, cfg: DictConfig) -> str:
+        return f"{self.name} ({cfg.method.num_virtual_tokens} tokens)"
+
+    def row(self, cfg: DictConfig) -> str:
+        return f"{cfg.method.kind}_v{cfg.method.num_virtual_tokens}"
+
+
+METHODS: dict[str, Method] = {  # in the table's order
+    "head_only": HeadOnly(),
+    "lora": LoRA(),
+    "ia3": IA3(),
+    "bottleneck": Bottleneck(),
+    "prompt_tuning": PromptLearning("Prompt Tuning", "PromptTuningConfig"),
+    "prefix_tuning": PromptLearning("Prefix Tuning", "PrefixTuningConfig"),
+    "full": Full(),
+}
+# Every top-level setting some method reads: a run's identity keeps only its own method's.
+SETTINGS = tuple(dict.fromkeys(key for method in METHODS.values() for key in method.settings))
+
+
+def of(cfg: DictConfig) -> Method:
+    kind = cfg.method.kind
+    if kind not in METHODS:
+        raise ValueError(f"method.kind={kind!r} is not one of {tuple(METHODS)}")
+    return METHODS[kind]
 
 
 def check(cfg: DictConfig) -> None:
-    if cfg.method.kind not in KINDS:
-        raise ValueError(f"method.kind={cfg.method.kind!r} is not one of {KINDS}")
-    if cfg.method.kind == "lora" and cfg.impl not in IMPLS:
-        raise ValueError(f"impl={cfg.impl!r} is not one of {IMPLS}; use impl=ours or impl=peft")
+    method = of(cfg)
+    method.check(cfg)
     if cfg.get("quant") not in (None, "nf4"):
         raise ValueError(f"quant={cfg.quant!r} is not supported; use quant=nf4 or leave it null")
-    if cfg.get("quant") and cfg.method.kind == "full":
-        raise ValueError(
-            "quant=nf4 freezes a 4-bit base; full fine-tuning cannot train it (use a LoRA method)"
-        )
     lr = cfg.method.lr
     require(is_number(lr) and lr > 0, lr_setting(cfg), lr, "a learning rate > 0")
 
@@ -69,62 +347,8 @@ def lr_setting(cfg: DictConfig) -> str:
 def prepare(model: nn.Module, cfg: DictConfig) -> nn.Module:
     """Set which parameters train (and add adapters) according to `cfg.method`; returns the model to train."""
     check(cfg)
-    kind = cfg.method.kind
-    if kind == "full":
-        return model.requires_grad_(True)
-    family = family_of(model)
-    if kind == "head_only":
-        model.requires_grad_(False)
-        for name, module in model.named_modules():
-            if name_matches(name, family.head):
-                module.requires_grad_(True)
-        return model
-    targets = targets_of(model, cfg.method.targets)
-    saved = list(family.lora_modules_to_save)
-    if cfg.impl == "ours":
-        model = lora.apply_lora(
-            model, targets, cfg.rank, cfg.alpha, cfg.dropout, modules_to_save=saved, use_rslora=cfg.use_rslora
-        )
-    else:
-        model = _peft_model(model, targets, saved, cfg)
-    return _seed_lora_a(model, cfg.seed)
+    return of(cfg).prepare(model, cfg)
 
 
-def _peft_model(model: nn.Module, targets: str | list[str], saved: list[str], cfg: DictConfig) -> PeftModel:
-    # PEFT's own all-linear would also catch pre_classifier (a head module); give it our resolved list.
-    if targets == "all-linear":
-        targets = lora.resolve_targets(model, targets)
-    config = LoraConfig(
-        task_type=TaskType.SEQ_CLS,
-        r=cfg.rank,
-        lora_alpha=cfg.alpha,
-        lora_dropout=cfg.dropout,
-        target_modules=targets,
-        modules_to_save=saved,
-        use_rslora=cfg.use_rslora,
-        bias="none",
-    )
-    return get_peft_model(model, config)
-
-
-def _seed_lora_a(model: nn.Module, seed: int) -> nn.Module:
-    """Draw every lora_A again from one seeded stream, in module order, so ours and PEFT start identical
-    (PEFT consumes the global RNG differently while building its layers). B stays zero."""
-    g = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for name, p in model.named_parameters():
-            if "lora_A" in name:
-                init = torch.empty(p.shape)
-                nn.init.kaiming_uniform_(init, a=math.sqrt(5), generator=g)
-                p.copy_(init)
-    return model
-
-
-def save(model: nn.Module, path: Path, base_name: str) -> Path | None:
-    """Save a LoRA run's adapter in PEFT format; head-only and full runs keep nothing large."""
-    if isinstance(model, PeftModel):
-        model.save_pretrained(path)
-        return path
-    if hasattr(model, "lora_config"):
-        return lora.save_adapter(model, path, base_model_name_or_path=base_name)
-    return None
+def row_label(cfg: DictConfig) -> str:
+    return of(cfg).label(cfg)

@@ -26,13 +26,15 @@ from lora_lab.config import CONF_DIR
 
 @dataclass(frozen=True)
 class Family:
-    """Module names of one architecture family, as PEFT-style name suffixes."""
+    """Module names of one architecture family: LoRA presets as PEFT-style name suffixes, and the regexes
+    (whole names) that place the other adapters."""
 
     targets: dict[str, tuple[str, ...]]  # LoRA target presets: qv, attn, attn_ffn
     head: tuple[str, ...]  # what head-only trains
-    lora_modules_to_save: tuple[
-        str, ...
-    ]  # trained in full beside LoRA (what PEFT's SEQ_CLS task type trains)
+    lora_modules_to_save: tuple[str, ...]  # trained in full beside adapters (what PEFT's SEQ_CLS trains)
+    keys_values: str  # the key and value projections (IA3 rescales their outputs)
+    attn_out: str  # the attention output projection (Houlsby's first adapter follows it)
+    ffn_out: str  # the feed-forward output projection (IA3 rescales its input; both adapters follow it)
 
 
 _BERT_ATTN = ("query", "key", "value", "attention.output.dense")
@@ -44,6 +46,9 @@ _BERT_LIKE = Family(
     },
     head=("classifier",),
     lora_modules_to_save=("classifier",),
+    keys_values=r".*\.attention\.self\.(key|value)",
+    attn_out=r".*\.attention\.output\.dense",
+    ffn_out=r".*\.layer\.\d+\.output\.dense",
 )
 _LLAMA_ATTN = ("q_proj", "k_proj", "v_proj", "o_proj")
 _LLAMA_LIKE = Family(
@@ -54,6 +59,9 @@ _LLAMA_LIKE = Family(
     },
     head=("score",),
     lora_modules_to_save=("score",),
+    keys_values=r".*\.self_attn\.(k_proj|v_proj)",
+    attn_out=r".*\.self_attn\.o_proj",
+    ffn_out=r".*\.mlp\.down_proj",
 )
 
 FAMILIES: dict[str, Family] = {
@@ -66,6 +74,9 @@ FAMILIES: dict[str, Family] = {
         head=("classifier",),
         # The reference counts include pre_classifier: PEFT's SEQ_CLS rule "classifier" matches it by suffix.
         lora_modules_to_save=("pre_classifier", "classifier"),
+        keys_values=r".*\.attention\.(k_lin|v_lin)",
+        attn_out=r".*\.attention\.out_lin",
+        ffn_out=r".*\.ffn\.lin2",
     ),
     "bert": _BERT_LIKE,
     "roberta": _BERT_LIKE,
@@ -82,6 +93,9 @@ FAMILIES: dict[str, Family] = {
         },
         head=("score",),
         lora_modules_to_save=("score",),
+        keys_values=r".*\.attn\.c_attn",
+        attn_out=r".*\.attn\.c_proj",
+        ffn_out=r".*\.mlp\.c_proj",
     ),
 }
 

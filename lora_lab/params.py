@@ -1,4 +1,4 @@
-"""Trainable-parameter counts, and the reference table's seven rows computed for ours and PEFT.
+"""Trainable-parameter counts, and the reference table's rows computed for ours and PEFT.
 
     python -m lora_lab.params model=distilbert
 
@@ -16,19 +16,17 @@ from torch import nn
 
 from lora_lab import config, methods, models
 
-ROWS = ("head_only", "qv_r4", "qv_r8", "qv_r16", "attn_r8", "attn_ffn_r8", "full")
+ADDED = ("lora_", "ia3_", "adapter_", "prompt_encoder", "modules_to_save")  # names of what methods add
 
 
 def count(model: nn.Module) -> tuple[int, int]:
-    """(trainable, total_base): total_base counts the base model once, without LoRA weights or PEFT's
-    saved copies of modules_to_save, so "trainable %" means the same for every method and impl."""
+    """(trainable, total_base): total_base counts the base model once, without what a method added (adapter
+    weights, PEFT's saved copies of modules_to_save), so "trainable %" means the same for every method."""
     trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
     base = 0
     for name, p in model.named_parameters():
-        parts = name.split(".")
-        if "modules_to_save" in parts or any(part.startswith("lora_") for part in parts):
-            continue
-        base += numel(p)
+        if not any(part.startswith(ADDED) for part in name.split(".")):
+            base += numel(p)
     return trainable, base
 
 
@@ -38,10 +36,11 @@ def numel(p: torch.Tensor) -> int:
     return math.prod(quant_state.shape) if quant_state is not None else p.numel()
 
 
-def row_counts(overrides: Sequence[str] = ()) -> list[dict]:
-    """One dict per reference row: label and (trainable, total_base) for ours and for PEFT."""
+def row_counts(overrides: Sequence[str] = (), experiment: str = "imdb_ablation") -> list[dict]:
+    """One dict per row of `experiment` (the reference's seven by default): label and (trainable,
+    total_base) for ours and for PEFT."""
     rows = []
-    for row in ROWS:
+    for row in config.sweep_rows(experiment):
         cfg = config.compose([*overrides, f"method={row}", "model.pretrained=false"])
         counts = {}
         for impl in methods.IMPLS:

@@ -10,6 +10,7 @@ import os
 import shutil
 import sys
 import time
+from pathlib import Path
 
 import hydra
 import pandas as pd
@@ -65,8 +66,9 @@ def run(cfg: DictConfig) -> dict | None:
     model = methods.prepare(model, cfg)
     trainable, total = params.count(model)
     train_set, eval_set = data.load_splits(cfg.data, tokenizer, cfg.seed)
-    label = methods.row_label(cfg)
-    impl = cfg.impl if cfg.method.kind == "lora" else None
+    method = methods.of(cfg)
+    label = method.label(cfg)
+    impl = method.impl(cfg)
     print(
         f"[lora-lab] {name}: {label}, impl={impl}, trainable {trainable:,} of {total:,} "
         f"({100 * trainable / total:.2f}%), {len(train_set)} train / {len(eval_set)} eval examples"
@@ -79,8 +81,8 @@ def run(cfg: DictConfig) -> dict | None:
         "experiment": cfg.experiment_name,
         "label": label,
         "method": cfg.method.kind,
-        "targets": resolved["method"]["targets"] if cfg.method.kind == "lora" else None,
-        "rank": cfg.rank if cfg.method.kind == "lora" else None,
+        "targets": resolved["method"].get("targets"),
+        "rank": cfg.rank if "rank" in method.settings else None,
         "impl": impl,
         "seed": cfg.seed,
         "model": cfg.model.name,
@@ -113,7 +115,7 @@ def run(cfg: DictConfig) -> dict | None:
         record["finished_at"] = time.strftime("%Y-%m-%dT%H:%M:%S%z")
         record["wall_s"] = time.time() - started
         if record["status"] == "complete" and cfg.trainer.save_adapter:
-            record["adapter_bytes"] = save_adapter(model, path.with_suffix(""), cfg.model.name)
+            record["adapter_bytes"] = save_adapter(method, model, path.with_suffix(""), cfg.model.name)
         if wandb is not None:
             summary = {k: v for k, v in record.items() if isinstance(v, (int, float, str)) and k != "config"}
             for step, loss in enumerate(record.get("train_loss_curve", [])):
@@ -129,11 +131,11 @@ def run(cfg: DictConfig) -> dict | None:
     return record
 
 
-def save_adapter(model: torch.nn.Module, folder, base_name: str) -> int | None:
-    """Save a LoRA adapter next to its record (replacing any older one); its size in bytes."""
+def save_adapter(method: methods.Method, model: torch.nn.Module, folder: Path, base_name: str) -> int | None:
+    """Save what a method keeps (an adapter) beside its record, replacing any older one; its size in bytes."""
     tmp = folder.with_name(folder.name + ".partial")
     shutil.rmtree(tmp, ignore_errors=True)
-    if methods.save(model, tmp, base_name) is None:
+    if method.save(model, tmp, base_name) is None:
         return None
     shutil.rmtree(folder, ignore_errors=True)
     tmp.rename(folder)

@@ -24,6 +24,7 @@ import pandas as pd
 import torch
 from omegaconf import DictConfig, OmegaConf
 
+from lora_lab import methods
 from lora_lab.atomic import write_atomic, write_text_atomic
 
 # Settings that change how a run is shown or stored, or where its files are found, not what it computes.
@@ -42,7 +43,6 @@ NOT_IDENTITY = (
     "model.local",
     "model.tokenizer.local",
 )
-LORA_ONLY = ("impl", "rank", "alpha", "dropout", "use_rslora", "lora_lr")  # ignored by head-only and full
 LIBRARIES = ("torch", "transformers", "peft", "datasets", "hydra-core")
 
 
@@ -54,7 +54,7 @@ class Record:
     name: str
     experiment: str
     label: str  # the reference table's name of the row, e.g. "Q+V (r=8)"
-    method: str  # head_only | lora | full
+    method: str  # the method's kind: a key of methods.METHODS
     seed: int
     model: str
     config: dict  # the resolved config the run ran with
@@ -62,7 +62,7 @@ class Record:
     config_id: str | None = None  # the identity hash without the seed: what seeds of one configuration share
     targets: str | list | None = None
     rank: int | None = None
-    impl: str | None = None  # ours | peft (LoRA rows)
+    impl: str | None = None  # ours | peft (methods with an implementation)
     quant: str | None = None
     trainable_params: int | None = None
     total_params: int | None = None
@@ -108,10 +108,11 @@ def resolved(cfg: DictConfig) -> dict:
 
 
 def identity(config: dict, kind: str, with_seed: bool = True) -> dict:
-    """What shapes a run's result: the resolved `config` without NOT_IDENTITY, without LoRA settings on rows
-    (of method `kind`) that have no LoRA, and without settings left null (so that a new option whose
-    default is null leaves every earlier run's identity as it was)."""
-    ignored = NOT_IDENTITY + (LORA_ONLY if kind != "lora" else ()) + (() if with_seed else ("seed",))
+    """What shapes a run's result: the resolved `config` without NOT_IDENTITY, without the top-level method
+    settings that its method `kind` does not read (a head-only row ignores rank), and without settings left
+    null (so that a new option whose default is null leaves every earlier run's identity as it was)."""
+    unread = tuple(k for k in methods.SETTINGS if k not in methods.METHODS[kind].settings)
+    ignored = NOT_IDENTITY + unread + (() if with_seed else ("seed",))
     ident = copy.deepcopy(config)
     for dotted in ignored:
         *parents, key = dotted.split(".")
@@ -141,14 +142,9 @@ def config_id(cfg: DictConfig) -> str:
 
 def run_name(cfg: DictConfig) -> str:
     """e.g. qv_r8-ours-seed0-1a2b3c4d: readable prefix, hash of everything that shapes the result."""
-    kind = cfg.method.kind
-    row = (
-        kind
-        if kind != "lora"
-        else f"{cfg.method.targets if isinstance(cfg.method.targets, str) else 'custom'}_r{cfg.rank}"
-    )
-    impl = cfg.impl if kind == "lora" else "none"
-    return f"{row}-{impl}-seed{cfg.seed}-{digest(identity(resolved(cfg), kind))}"
+    method = methods.of(cfg)
+    impl = method.impl(cfg) or "none"
+    return f"{method.row(cfg)}-{impl}-seed{cfg.seed}-{digest(identity(resolved(cfg), cfg.method.kind))}"
 
 
 def run_dir(cfg: DictConfig) -> Path:

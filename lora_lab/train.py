@@ -81,12 +81,17 @@ def autocast(device: torch.device, precision: str) -> torch.autocast:
 def optimizer_for(
     model: nn.Module, lr: float, weight_decay: float, device: torch.device
 ) -> torch.optim.AdamW:
-    """AdamW over the trainable parameters; matrices decay, biases and norms do not."""
+    """AdamW over the trainable parameters; matrices decay, biases and norms do not. A parameter marked with
+    `lr_ratio` (LoRA+, methods.py) learns at lr times that ratio."""
     params = [p for p in model.parameters() if p.requires_grad]
-    groups = [
-        {"params": [p for p in params if p.dim() >= 2], "weight_decay": weight_decay},
-        {"params": [p for p in params if p.dim() < 2], "weight_decay": 0.0},
-    ]
+    ratios = sorted({getattr(p, "lr_ratio", 1.0) for p in params})
+    groups = []
+    for decays in (True, False):
+        for ratio in ratios:
+            members = [p for p in params if (p.dim() >= 2) == decays and getattr(p, "lr_ratio", 1.0) == ratio]
+            groups.append(
+                {"params": members, "lr": lr * ratio, "weight_decay": weight_decay if decays else 0.0}
+            )
     return torch.optim.AdamW(groups, lr=lr, fused=device.type == "cuda")
 
 

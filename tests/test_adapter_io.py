@@ -20,7 +20,7 @@ HEAD = ["pre_classifier", "classifier"]
 
 def trained(seed: int, rank: int = 4, alpha: float = 8) -> torch.nn.Module:
     """Tiny DistilBERT with our LoRA, its B and head moved off their initial values by `seed`."""
-    model = apply_lora(tiny_model("distilbert"), TARGETS, rank, alpha, modules_to_save=HEAD)
+    model = apply_lora(tiny_model("distilbert"), TARGETS, rank=rank, alpha=alpha, modules_to_save=HEAD)
     g = torch.Generator().manual_seed(seed)
     with torch.no_grad():
         for p in model.parameters():
@@ -44,7 +44,7 @@ def snapshot(model: torch.nn.Module) -> tuple[dict, dict, str]:
 
 def assert_untouched(model: torch.nn.Module, before: tuple[dict, dict, str]) -> None:
     state, grads, text = snapshot(model)
-    assert text == before[2] and grads == before[1] and not hasattr(model, "lora_config")
+    assert text == before[2] and grads == before[1] and not hasattr(model, "lora_adapter")
     assert state.keys() == before[0].keys()
     assert all(torch.equal(state[k], before[0][k]) for k in state)
 

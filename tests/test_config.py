@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
+import pandas as pd
 import pytest
 from hydra import compose, initialize_config_dir
 
-from lora_lab import config, methods, params
+from lora_lab import config, methods
 
 
 def compose_with_hydra(overrides: list[str]):
@@ -25,11 +26,18 @@ def test_launchers_compose(launcher: str, target: str) -> None:
     assert cfg.hydra.launcher._target_ == target
 
 
+def test_the_ablation_sweeps_the_reference_rows_in_its_order() -> None:
+    reference = pd.read_csv(config.EXPERIMENTS_DIR / "imdb_rank_target" / "reference.csv")
+    rows = config.sweep_rows("imdb_ablation")
+    labels = [methods.row_label(config.compose([f"method={row}"])) for row in rows]
+    assert labels == list(reference["Configuration"])
+
+
 @pytest.mark.parametrize("experiment", ["imdb_ablation", "imdb_cpu"])
 def test_ablation_experiments_sweep_the_seven_rows_with_both_impls(experiment: str) -> None:
     cfg = compose_with_hydra([f"experiment={experiment}"])
     sweep = cfg.hydra.sweeper.params
-    assert tuple(sweep.method.split(",")) == params.ROWS
+    assert sweep.method.split(",") == config.sweep_rows("imdb_ablation")
     assert sweep.impl.split(",") == list(methods.IMPLS)
     assert cfg.experiment_name.startswith("imdb_rank_target/")
 
@@ -60,7 +68,7 @@ def test_command_line_rank_overrides_the_row_and_alpha_follows() -> None:
 def test_llm_experiment_is_qlora_without_full_fine_tuning() -> None:
     cfg = compose_with_hydra(["experiment=imdb_llm"])
     assert (cfg.quant, cfg.trainer.gradient_checkpointing, cfg.model.model_type) == ("nf4", True, "qwen2")
-    assert tuple(cfg.hydra.sweeper.params.method.split(",")) == params.ROWS[:-1]
+    assert cfg.hydra.sweeper.params.method.split(",") == config.sweep_rows("imdb_ablation")[:-1]
 
 
 def test_the_learning_rate_setting_a_row_answers_to() -> None:

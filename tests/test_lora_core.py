@@ -15,6 +15,7 @@ from lora_lab import params
 from lora_lab.dropout import keep_mask
 from lora_lab.lora import (
     LoRALinear,
+    LoRASettings,
     apply_lora,
     disable,
     load_adapter,
@@ -33,8 +34,8 @@ def adapted(family: str, preset: str = "attn_ffn", **kw) -> tuple[torch.nn.Modul
     model = apply_lora(
         copy.deepcopy(base),
         list(fam.targets[preset]),
-        4,
-        8,
+        rank=4,
+        alpha=8,
         modules_to_save=list(fam.lora_modules_to_save),
         **kw,
     ).eval()
@@ -54,7 +55,7 @@ def logits(model: torch.nn.Module) -> torch.Tensor:
 
 def test_fresh_adapter_computes_the_base_model(family: str) -> None:
     base = tiny_model(family).eval()
-    model = apply_lora(copy.deepcopy(base), "all-linear", 4, 8).eval()
+    model = apply_lora(copy.deepcopy(base), "all-linear", rank=4, alpha=8).eval()
     torch.testing.assert_close(logits(model), logits(base))
 
 
@@ -73,7 +74,7 @@ def test_merge_unmerge_roundtrip(family: str) -> None:
 
 
 def test_merge_in_bf16_keeps_the_weight_dtype() -> None:
-    layer = LoRALinear(torch.nn.Linear(16, 8).to(torch.bfloat16), rank=2, alpha=4)
+    layer = LoRALinear(torch.nn.Linear(16, 8).to(torch.bfloat16), LoRASettings(rank=2, alpha=4))
     torch.nn.init.normal_(layer.lora_B)
     x = torch.randn(3, 16, dtype=torch.bfloat16)
     before = layer(x)
@@ -130,7 +131,9 @@ def test_peft_saved_loads_in_ours(family: str, tmp_path) -> None:
 
 
 def test_rslora_and_gaussian_init() -> None:
-    layer = LoRALinear(torch.nn.Linear(64, 64), rank=16, alpha=8, use_rslora=True, init="gaussian")
+    layer = LoRALinear(
+        torch.nn.Linear(64, 64), LoRASettings(rank=16, alpha=8, use_rslora=True, init="gaussian")
+    )
     assert layer.scaling == pytest.approx(8 / math.sqrt(16))
     assert layer.lora_A.std().item() == pytest.approx(1 / 16, rel=0.1)
     assert torch.count_nonzero(layer.lora_B) == 0
@@ -138,16 +141,19 @@ def test_rslora_and_gaussian_init() -> None:
 
 def test_target_forms() -> None:
     model = tiny_model("distilbert")
-    names = {n for n, _ in lora_layers(apply_lora(copy.deepcopy(model), ["q_lin"], 2, 4))}
+    names = {n for n, _ in lora_layers(apply_lora(copy.deepcopy(model), ["q_lin"], rank=2, alpha=4))}
     assert names == {f"distilbert.transformer.layer.{i}.attention.q_lin" for i in range(2)}
     regex = {
-        n for n, _ in lora_layers(apply_lora(copy.deepcopy(model), r".*layer\.1\.attention\.(q|v)_lin", 2, 4))
+        n
+        for n, _ in lora_layers(
+            apply_lora(copy.deepcopy(model), r".*layer\.1\.attention\.(q|v)_lin", rank=2, alpha=4)
+        )
     }
     assert regex == {
         "distilbert.transformer.layer.1.attention.q_lin",
         "distilbert.transformer.layer.1.attention.v_lin",
     }
-    every = {n for n, _ in lora_layers(apply_lora(copy.deepcopy(model), "all-linear", 2, 4))}
+    every = {n for n, _ in lora_layers(apply_lora(copy.deepcopy(model), "all-linear", rank=2, alpha=4))}
     assert len(every) == 12 and not any("classifier" in n for n in every)
 
 
@@ -214,7 +220,7 @@ def test_dropout_down_gradients_match_autograd() -> None:
 def test_training_forward_with_dropout_is_the_lora_formula() -> None:
     """Replays the layer's own mask draw: y = W0 x + b + s * B A (x * mask / (1 - p))."""
     torch.manual_seed(0)
-    layer = LoRALinear(torch.nn.Linear(16, 8), rank=4, alpha=8, dropout=0.25).train()
+    layer = LoRALinear(torch.nn.Linear(16, 8), LoRASettings(rank=4, alpha=8, dropout=0.25)).train()
     torch.nn.init.normal_(layer.lora_B)
     x = torch.randn(2, 3, 16)
     state = torch.get_rng_state()
@@ -229,7 +235,7 @@ def test_training_forward_with_dropout_is_the_lora_formula() -> None:
 def test_lora_dropout_trains_under_bf16_autocast() -> None:
     """The backward of the dropout path runs in the gradient's dtype (bf16 there) and returns fp32 grads."""
     torch.manual_seed(0)
-    layer = LoRALinear(torch.nn.Linear(16, 8), rank=4, alpha=8, dropout=0.25).train()
+    layer = LoRALinear(torch.nn.Linear(16, 8), LoRASettings(rank=4, alpha=8, dropout=0.25)).train()
     x = torch.randn(5, 16, requires_grad=True)
     with torch.autocast("cpu", dtype=torch.bfloat16):
         y = layer(x)

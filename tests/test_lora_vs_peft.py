@@ -1,4 +1,5 @@
-"""Our LoRA against PEFT's, weight for weight: same logits, same gradients, same 20-step training curve."""
+"""Our LoRA against PEFT's, weight for weight: same logits, same gradients, same 20-step training curve.
+(The variants, DoRA, PiSSA, OLoRA and LoRA+, are held to the same in test_lora_variants.py.)"""
 
 from __future__ import annotations
 
@@ -17,11 +18,23 @@ from lora_lab.params import count
 RANK, ALPHA = 4, 8
 
 
-def make_pair(model: torch.nn.Module, preset: str, dropout: float = 0.0) -> tuple[torch.nn.Module, PeftModel]:
-    """The same base wrapped by ours and by PEFT, with PEFT's A and a random (non-zero) B copied into ours."""
+def make_pair(
+    model: torch.nn.Module, preset: str, dropout: float = 0.0, use_dora: bool = False, init: str = "kaiming"
+) -> tuple[torch.nn.Module, PeftModel]:
+    """The same base wrapped by ours and by PEFT, with PEFT's A, a random (non-zero) B and, for DoRA, a
+    perturbed magnitude copied into ours."""
     family = family_of(model)
     targets, saved = list(family.targets[preset]), list(family.lora_modules_to_save)
-    ours = apply_lora(copy.deepcopy(model), targets, RANK, ALPHA, dropout, modules_to_save=saved)
+    ours = apply_lora(
+        copy.deepcopy(model),
+        targets,
+        rank=RANK,
+        alpha=ALPHA,
+        dropout=dropout,
+        modules_to_save=saved,
+        use_dora=use_dora,
+        init=init,
+    )
     peft = get_peft_model(
         copy.deepcopy(model),
         LoraConfig(
@@ -31,6 +44,8 @@ def make_pair(model: torch.nn.Module, preset: str, dropout: float = 0.0) -> tupl
             lora_dropout=dropout,
             target_modules=targets,
             modules_to_save=saved,
+            use_dora=use_dora,
+            init_lora_weights=True if init == "kaiming" else init,
         ),
     )
     ours_p, peft_p = trainable(ours, "ours"), trainable(peft, "peft")
@@ -39,6 +54,8 @@ def make_pair(model: torch.nn.Module, preset: str, dropout: float = 0.0) -> tupl
         for key, p in peft_p.items():
             if "lora_B" in key:
                 p.normal_(std=0.1)  # B = 0 would make every comparison trivially equal to the base
+            if "magnitude" in key:
+                p.mul_(1 + 0.1 * torch.randn_like(p))
             ours_p[key].copy_(p)
     return ours, peft
 
@@ -52,8 +69,10 @@ def trainable(model: torch.nn.Module, impl: str) -> dict[str, torch.nn.Parameter
         if impl == "ours":
             key = "base_model.model." + name
             key = key.replace(".lora_A", ".lora_A.weight").replace(".lora_B", ".lora_B.weight")
+            key = key.replace(".lora_magnitude", ".lora_magnitude_vector")
         else:
             key = name.replace(".lora_A.default.", ".lora_A.").replace(".lora_B.default.", ".lora_B.")
+            key = key.replace(".lora_magnitude_vector.default.weight", ".lora_magnitude_vector")
             key = key.replace(".modules_to_save.default.", ".")
         out[key] = p
     return out
@@ -63,9 +82,7 @@ def loss_of(model: torch.nn.Module, inputs: dict) -> torch.Tensor:
     return model(**inputs).loss
 
 
-@pytest.mark.parametrize("preset", ["qv", "attn_ffn"])
-def test_same_logits_and_gradients(family: str, preset: str) -> None:
-    ours, peft = make_pair(tiny_model(family), preset)
+def assert_same_logits_and_gradients(ours: torch.nn.Module, peft: PeftModel) -> None:
     ours.eval(), peft.eval()
     inputs = batch()
     torch.testing.assert_close(ours(**inputs).logits, peft(**inputs).logits, rtol=1e-5, atol=1e-6)
@@ -76,6 +93,11 @@ def test_same_logits_and_gradients(family: str, preset: str) -> None:
     assert lora_keys, "no LoRA weights were compared"
     for key in ours_p:
         torch.testing.assert_close(ours_p[key].grad, peft_p[key].grad, rtol=1e-4, atol=1e-7, msg=key)
+
+
+@pytest.mark.parametrize("preset", ["qv", "attn_ffn"])
+def test_same_logits_and_gradients(family: str, preset: str) -> None:
+    assert_same_logits_and_gradients(*make_pair(tiny_model(family), preset))
 
 
 def train_losses(model: torch.nn.Module, steps: int = 20, vocab: int = 100) -> list[float]:

@@ -27,21 +27,20 @@ from transformers import (
     TrainingArguments,
 )
 
+from lora_lab import config, methods
 from lora_lab.data import load_imdb, subset
+from lora_lab.models import FAMILIES
 
-ROWS = [  # label, targets (None: no LoRA), rank
-    ("Classification Head Only", None, None),
-    ("Q+V (r=4)", ["query", "value"], 4),
-    ("Q+V (r=8)", ["query", "value"], 8),
-    ("Q+V (r=16)", ["query", "value"], 16),
-    ("All Attention (r=8)", ["query", "key", "value", "attention.output.dense"], 8),
-    (
-        "All Attention+FFN (r=8)",
-        ["query", "key", "value", "attention.output.dense", "intermediate.dense", "output.dense"],
-        8,
-    ),
-    ("Full Fine-Tuning", None, None),
-]
+
+def reference_rows() -> list[tuple[str, str, list[str] | None, int | None]]:
+    """(label, method kind, LoRA targets, rank) of the reference rows, read from conf/ as the runner reads
+    them (the row list of experiment=imdb_ablation, BERT-family module names)."""
+    rows = []
+    for row in config.sweep_rows("imdb_ablation"):
+        cfg = config.compose(["model=minilm", f"method={row}"])
+        targets = list(FAMILIES["bert"].targets[cfg.method.targets]) if cfg.method.targets else None
+        rows.append((methods.row_label(cfg), cfg.method.kind, targets, cfg.rank if targets else None))
+    return rows
 
 
 def main() -> None:
@@ -72,7 +71,7 @@ def main() -> None:
         return {"accuracy": float((np.argmax(pred.predictions, axis=-1) == pred.label_ids).mean())}
 
     results, start = [], time.perf_counter()
-    for label, targets, rank in ROWS:
+    for label, kind, targets, rank in reference_rows():
         row_start = time.perf_counter()
         # As in the blog post: tokenise inside each experiment.
         train_tok = train.map(tokenize, batched=True)
@@ -91,7 +90,7 @@ def main() -> None:
                 ),
             )
             lr = args.lora_lr
-        elif label.startswith("Classification"):
+        elif kind == "head_only":
             for name, p in model.named_parameters():
                 p.requires_grad = name.startswith("classifier")
             lr = args.head_lr

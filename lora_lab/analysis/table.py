@@ -10,8 +10,9 @@ from lora_lab.analysis import stats
 from lora_lab.analysis.runs import NO_IMPL
 from lora_lab.atomic import write_text_atomic
 from lora_lab.config import EXPERIMENTS_DIR
+from lora_lab.methods import METHODS
 
-METHOD_ORDER = {"head_only": 0, "lora": 1, "full": 2}
+METHOD_ORDER = {kind: i for i, kind in enumerate(METHODS)}  # the registry's order: head-only first, full last
 TARGET_ORDER = {"qv": 0, "attn": 1, "attn_ffn": 2}
 IMPL_ORDER = {"ours": 0, "peft": 1, NO_IMPL: 2}
 
@@ -54,7 +55,7 @@ def summarize(
                 "n": len(acc),
                 "label": first["label"],
                 "_order": (
-                    METHOD_ORDER.get(first["method"], 3),
+                    METHOD_ORDER.get(first["method"], len(METHOD_ORDER)),
                     TARGET_ORDER.get(first["targets"], 3) if isinstance(first["targets"], str) else 3,
                     first["rank"] if pd.notna(first["rank"]) else 0,
                     IMPL_ORDER.get(first["impl"], 3),

@@ -2,12 +2,15 @@
 
 A directory holds `adapter_config.json` (a LoraConfig PEFT understands) and `adapter_model.safetensors`
 with PEFT's key names: `base_model.model.<module>.lora_A.weight` / `.lora_B.weight` for each adapted
-module, and `base_model.model.<module>.<param>` for each module trained in full (modules_to_save).
+module (and `.lora_magnitude_vector` for DoRA), and `base_model.model.<module>.<param>` for each module
+trained in full (modules_to_save).
 """
 
 from __future__ import annotations
 
+import dataclasses
 import json
+import math
 import os
 from pathlib import Path
 
@@ -17,7 +20,8 @@ from torch import nn
 
 from lora_lab.atomic import write_atomic, write_text_atomic
 from lora_lab.lora.inject import apply_lora, lora_layers, name_matches, resolve_targets
-from lora_lab.lora.layer import check_hyperparameters, linear_shape
+from lora_lab.lora.layer import layer_class, linear_shape
+from lora_lab.lora.settings import LoRASettings, from_peft, to_peft
 
 PREFIX = "base_model.model."
 CONFIG_FILE = "adapter_config.json"
@@ -25,12 +29,12 @@ WEIGHTS_FILE = "adapter_model.safetensors"
 
 
 def adapter_state_dict(model: nn.Module) -> dict[str, torch.Tensor]:
-    """The adapter's tensors under PEFT's key names."""
+    """The adapter's tensors (the live parameters) under PEFT's key names."""
     state = {}
     for name, layer in lora_layers(model):
-        state[f"{PREFIX}{name}.lora_A.weight"] = layer.lora_A.detach()
-        state[f"{PREFIX}{name}.lora_B.weight"] = layer.lora_B.detach()
-    state.update(_saved_modules_state(model, model.lora_config["modules_to_save"]))
+        for suffix, tensor in layer.adapter_tensors().items():
+            state[f"{PREFIX}{name}.{suffix}"] = tensor
+    state.update(_saved_modules_state(model, model.lora_adapter.modules_to_save))
     return state
 
 
@@ -39,37 +43,51 @@ def _saved_modules_state(model: nn.Module, modules_to_save: list[str]) -> dict[s
     for name, module in model.named_modules():
         if name_matches(name, modules_to_save):
             for pname, param in module.named_parameters():
-                state[f"{PREFIX}{name}.{pname}"] = param.detach()
+                state[f"{PREFIX}{name}.{pname}"] = param
     return state
+
+
+def _converted(model: nn.Module) -> tuple[LoRASettings, dict[str, torch.Tensor]]:
+    """The adapter as one on the original base weight, for PiSSA/OLoRA (whose training base is W - s B0 A0):
+    rank 2r with A' = [A; A0] and B' = [B, -B0], so s' B' A' = s (B A - B0 A0), alpha changed to keep s'
+    = s. PEFT converts the same way (path_initial_model_for_weight_conversion). Other inits: as they are."""
+    adapter = model.lora_adapter
+    settings, state = adapter.settings, {k: v.detach() for k, v in adapter_state_dict(model).items()}
+    if not settings.keeps_initial:
+        return settings, state
+    for name, layer in lora_layers(model):
+        state[f"{PREFIX}{name}.lora_A.weight"] = torch.cat([layer.lora_A, layer.initial_A], dim=0).detach()
+        state[f"{PREFIX}{name}.lora_B.weight"] = torch.cat([layer.lora_B, -layer.initial_B], dim=1).detach()
+    grow = math.sqrt(2) if settings.use_rslora else 2
+    settings = dataclasses.replace(
+        settings, rank=2 * settings.rank, alpha=grow * settings.alpha, init="kaiming"
+    )
+    return settings, state
 
 
 def save_adapter(
     model: nn.Module, path: str | os.PathLike, base_model_name_or_path: str | None = None
 ) -> Path:
-    """Write the adapter of a model prepared by `apply_lora`; returns the directory."""
-    if not hasattr(model, "lora_config"):
+    """Write the adapter of a model prepared by `apply_lora` (PiSSA/OLoRA converted to a plain LoRA on the
+    original base, see `_converted`); returns the directory."""
+    if not hasattr(model, "lora_adapter"):
         raise ValueError("model has no LoRA adapter; call lora_lab.lora.apply_lora first")
     if any(layer.merged for _, layer in lora_layers(model)):
         raise ValueError("adapter is merged into the base weights; call unmerge(model) before save_adapter")
-    cfg = model.lora_config
+    adapter = model.lora_adapter
+    settings, state = _converted(model)
     path = Path(path)
     path.mkdir(parents=True, exist_ok=True)
     config = {
         "peft_type": "LORA",
         "task_type": "SEQ_CLS",
         "base_model_name_or_path": base_model_name_or_path,
-        "r": cfg["r"],
-        "lora_alpha": cfg["lora_alpha"],
-        "lora_dropout": cfg["lora_dropout"],
-        "use_rslora": cfg["use_rslora"],
-        "init_lora_weights": True if cfg["init"] == "kaiming" else "gaussian",
-        "target_modules": cfg["target_modules"],
-        "modules_to_save": cfg["modules_to_save"],
+        **to_peft(settings, adapter.targets, adapter.modules_to_save),
         "fan_in_fan_out": any(layer.fan_in_fan_out for _, layer in lora_layers(model)),
         "bias": "none",
         "inference_mode": True,
     }
-    tensors = {k: v.contiguous().cpu() for k, v in adapter_state_dict(model).items()}
+    tensors = {k: v.contiguous().cpu() for k, v in state.items()}
     write_atomic(path / WEIGHTS_FILE, lambda tmp: save_file(tensors, tmp, metadata={"format": "pt"}))
     write_text_atomic(path / CONFIG_FILE, json.dumps(config, indent=2) + "\n")
     return path
@@ -83,34 +101,23 @@ def load_adapter(model: nn.Module, path: str | os.PathLike) -> nn.Module:
     targets and shapes gets the new weights (and scaling) in place: hot-swapping adapters on one base."""
     path = Path(path)
     config, saved = _read(path)
-    if hasattr(model, "lora_config"):
+    if hasattr(model, "lora_adapter"):
         return _swap(model, path, config, saved)
+    settings, targets, to_save = from_peft(config)
     # PEFT's SEQ_CLS task type lists both "classifier" and "score"; keep the ones this model has.
     names = [n for n, _ in model.named_modules()]
-    to_save = [m for m in config.get("modules_to_save") or [] if any(name_matches(n, [m]) for n in names)]
+    to_save = [m for m in to_save if any(name_matches(n, [m]) for n in names)]
     try:
-        targets = resolve_targets(model, config["target_modules"])
+        targets = resolve_targets(model, targets)
     except ValueError as err:
         raise ValueError(f"adapter in {path} does not fit this model: {err}") from None
-    rank = config["r"]
     expected = {}
     for name in targets:
-        d_in, d_out = linear_shape(model.get_submodule(name))
-        expected[f"{PREFIX}{name}.lora_A.weight"] = (rank, d_in)
-        expected[f"{PREFIX}{name}.lora_B.weight"] = (d_out, rank)
+        shapes = layer_class(settings).tensor_shapes(settings, *linear_shape(model.get_submodule(name)))
+        expected.update({f"{PREFIX}{name}.{suffix}": shape for suffix, shape in shapes.items()})
     expected.update({k: tuple(v.shape) for k, v in _saved_modules_state(model, to_save).items()})
     _check_fit(path, expected, saved)
-    init = config.get("init_lora_weights", True)
-    apply_lora(  # checks rank, alpha and dropout before it changes anything
-        model,
-        targets=targets,
-        rank=rank,
-        alpha=config["lora_alpha"],
-        dropout=config.get("lora_dropout", 0.0),
-        modules_to_save=to_save,
-        use_rslora=config.get("use_rslora", False),
-        init="gaussian" if init == "gaussian" else "kaiming",
-    )
+    apply_lora(model, targets, settings, modules_to_save=to_save)  # checks the settings before any change
     _copy(model, saved)
     return model
 
@@ -160,7 +167,7 @@ def _check_fit(path: Path, expected: dict[str, tuple[int, ...]], saved: dict[str
 
 
 def _swap(model: nn.Module, path: Path, config: dict, saved: dict[str, torch.Tensor]) -> nn.Module:
-    """Load an adapter of the same targets and shapes into a model's LoRA layers, in place."""
+    """Load an adapter of the same targets, shapes and kind into a model's LoRA layers, in place."""
     current = adapter_state_dict(model)
     try:
         _check_fit(path, {k: tuple(v.shape) for k, v in current.items()}, saved)
@@ -172,16 +179,19 @@ def _swap(model: nn.Module, path: Path, config: dict, saved: dict[str, torch.Ten
     layers = [layer for _, layer in lora_layers(model)]
     if any(layer.merged for layer in layers):
         raise ValueError("the model's adapter is merged; call unmerge(model) before loading another")
-    alpha, dropout, use_rslora = (
-        config["lora_alpha"],
-        config.get("lora_dropout", 0.0),
-        config.get("use_rslora", False),
+    adapter = model.lora_adapter
+    new, _, _ = from_peft(config)
+    if new.init != adapter.settings.init and adapter.settings.keeps_initial:
+        raise ValueError(
+            f"the model's base was rewritten by init={adapter.settings.init}; load onto a fresh base"
+        )
+    settings = dataclasses.replace(
+        adapter.settings, alpha=new.alpha, dropout=new.dropout, use_rslora=new.use_rslora
     )
-    check_hyperparameters(config["r"], alpha, dropout, *linear_shape(layers[0].base_layer), "kaiming")
+    settings.check(*linear_shape(layers[0].base_layer))
     for layer in layers:
-        layer.set_scaling(alpha, use_rslora)
-        layer.dropout = dropout
-    model.lora_config.update(lora_alpha=alpha, lora_dropout=dropout, use_rslora=use_rslora)
+        layer.settings = settings
+    model.lora_adapter = dataclasses.replace(adapter, settings=settings)
     _copy(model, saved)
     return model
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import re
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
@@ -9,7 +10,8 @@ from contextlib import contextmanager
 from torch import nn
 from transformers.pytorch_utils import Conv1D
 
-from lora_lab.lora.layer import LoRALinear
+from lora_lab.lora.layer import LoRALinear, layer_class
+from lora_lab.lora.settings import LoRASettings
 
 # Output heads: never given LoRA by "all-linear"; they are trained in full when listed in modules_to_save.
 HEAD_NAMES = ("classifier", "pre_classifier", "score", "lm_head")
@@ -73,47 +75,62 @@ def _linear_hint(candidates: list[str]) -> str:
     return f"Linear modules in this model (by last name): {leaves}"
 
 
+@dataclasses.dataclass(frozen=True)
+class Adapter:
+    """What `apply_lora` put on a model, kept on it (`model.lora_adapter`) so that save_adapter can describe
+    the adapter without being told."""
+
+    settings: LoRASettings
+    targets: list[str]  # the adapted modules' full names
+    modules_to_save: list[str]  # trained in full beside the adapter (the classification head)
+
+
 def apply_lora(
     model: nn.Module,
     targets: Targets,
-    rank: int,
-    alpha: float,
-    dropout: float = 0.0,
+    settings: LoRASettings | None = None,
     modules_to_save: Sequence[str] = (),
-    use_rslora: bool = False,
-    init: str = "kaiming",
+    **fields: object,
 ) -> nn.Module:
-    """Freeze `model`, wrap the targeted linears in LoRALinear, and unfreeze `modules_to_save` in place.
+    """Freeze `model`, wrap the targeted linears in LoRA layers, and unfreeze `modules_to_save` in place.
 
-    `modules_to_save` names (suffix match, as for targets) are trained in full: the classification head,
-    typically. Returns the same model object, modified.
+    `settings` (or its fields as keywords: rank=8, alpha=16, use_dora=True, init="pissa") describe the
+    adapter. `modules_to_save` names (suffix match, as for targets) are trained in full: the classification
+    head, typically. Returns the same model object, modified.
     """
+    settings = settings or LoRASettings(**fields)
     names = resolve_targets(model, targets)
-    heads_adapted = [n for n in names if name_matches(n, modules_to_save)]
-    if heads_adapted:
-        raise ValueError(f"{heads_adapted} are both LoRA targets and modules_to_save; choose one")
+    check_modules_to_save(model, names, modules_to_save)
+    # Check every layer before building any (PiSSA/OLoRA rewrite the base weight), so that a bad setting
+    # leaves the model unmodified.
+    cls = layer_class(settings)
+    for name in names:
+        cls.check(model.get_submodule(name), settings)
+    replace(model, {n: cls(model.get_submodule(n), settings) for n in names}, modules_to_save)
+    model.lora_adapter = Adapter(settings, names, list(modules_to_save))
+    return model
+
+
+def check_modules_to_save(model: nn.Module, targets: Sequence[str], modules_to_save: Sequence[str]) -> None:
+    """The modules to train in full exist and are not also wrapped."""
+    both = [n for n in targets if name_matches(n, modules_to_save)]
+    if both:
+        raise ValueError(f"{both} are both adapter targets and modules_to_save; choose one")
     missing = [m for m in modules_to_save if not any(name_matches(n, [m]) for n, _ in model.named_modules())]
     if missing:
         raise ValueError(f"modules_to_save {missing} not found in the model")
-    # Build every layer before touching the model, so a bad setting leaves it unmodified.
-    wrapped = {n: LoRALinear(model.get_submodule(n), rank, alpha, dropout, use_rslora, init) for n in names}
+
+
+def replace(model: nn.Module, wrappers: dict[str, nn.Module], modules_to_save: Sequence[str]) -> None:
+    """Freeze `model`, put each wrapper where the module it is named after was, and train the
+    `modules_to_save` (suffix match) in full: how every adapter method (LoRA, IA3, bottleneck) goes in."""
     model.requires_grad_(False)
-    for name, layer in wrapped.items():
+    for name, wrapper in wrappers.items():
         parent_name, _, child = name.rpartition(".")
-        setattr(model.get_submodule(parent_name), child, layer)
+        setattr(model.get_submodule(parent_name), child, wrapper)
     for name, module in model.named_modules():
         if name_matches(name, modules_to_save):
             module.requires_grad_(True)
-    model.lora_config = {  # what save_adapter writes; kept on the model so the adapter describes itself
-        "target_modules": names,
-        "r": rank,
-        "lora_alpha": alpha,
-        "lora_dropout": dropout,
-        "use_rslora": use_rslora,
-        "init": init,
-        "modules_to_save": list(modules_to_save),
-    }
-    return model
 
 
 def lora_layers(model: nn.Module) -> Iterator[tuple[str, LoRALinear]]:

@@ -1,10 +1,11 @@
-"""The LoRA layer: a frozen linear map plus a trainable low-rank update.
+"""The LoRA layer: a frozen linear map plus a trainable low-rank update, and DoRA, its variant.
 
-    y = W0 x + b + s * B A dropout(x),   s = alpha / r   (or alpha / sqrt(r) with rsLoRA)
+    LoRA:  y = W x + b + s B A dropout(x),                     s = alpha / r (or alpha / sqrt(r), rsLoRA)
+    DoRA:  y = m / ||W + s B A||  * (W x + s B A dropout(x)) + b   (norm per output row, detached)
 
-A is (r, d_in), B is (d_out, r). B starts at zero, so a freshly wrapped model computes exactly what the
-base model computed. The shapes and initialisation follow PEFT's defaults so that adapters can be moved
-between the two implementations unchanged.
+A is (r, d_in), B is (d_out, r). The shapes, key names and initialisations follow PEFT's, so adapters move
+between the two implementations unchanged. A variant subclasses LoRALinear and overrides `add_update`
+(and, if it changes the merged weight, `merge`/`unmerge`).
 """
 
 from __future__ import annotations
@@ -16,8 +17,7 @@ from torch import nn
 from transformers.pytorch_utils import Conv1D
 
 from lora_lab.dropout import keep_mask, keep_scale
-
-INITS = ("kaiming", "gaussian")
+from lora_lab.lora.settings import LoRASettings
 
 
 def linear_shape(module: nn.Module) -> tuple[int, int]:
@@ -30,59 +30,129 @@ def linear_shape(module: nn.Module) -> tuple[int, int]:
     raise TypeError(f"LoRA wraps nn.Linear or Conv1D, not {type(module).__name__}")
 
 
-class LoRALinear(nn.Module):
-    """Wraps a Linear/Conv1D; only `lora_A` and `lora_B` are meant to train."""
+RANDOM_INITS = ("kaiming", "gaussian")
 
-    def __init__(
-        self,
-        base_layer: nn.Module,
-        rank: int,
-        alpha: float,
-        dropout: float = 0.0,
-        use_rslora: bool = False,
-        init: str = "kaiming",
-    ) -> None:
+
+def random_a(shape: torch.Size, init: str, generator: torch.Generator | None = None) -> torch.Tensor:
+    """A fresh (r, d_in) A in fp32: kaiming-uniform (PEFT's default: what nn.Linear does for that weight)
+    or gaussian with std 1/r."""
+    a = torch.empty(shape)
+    if init == "kaiming":
+        return nn.init.kaiming_uniform_(a, a=math.sqrt(5), generator=generator)
+    return nn.init.normal_(a, std=1 / shape[0], generator=generator)
+
+
+def is_quantized(module: nn.Module) -> bool:
+    return not module.weight.is_floating_point()
+
+
+def layer_class(settings: LoRASettings) -> type[LoRALinear]:
+    return DoRALinear if settings.use_dora else LoRALinear
+
+
+class LoRALinear(nn.Module):
+    """Wraps a Linear/Conv1D; only the adapter's parameters (`lora_A`, `lora_B`, ...) are meant to train."""
+
+    def __init__(self, base_layer: nn.Module, settings: LoRASettings) -> None:
         super().__init__()
+        self.check(base_layer, settings)
         d_in, d_out = linear_shape(base_layer)
-        check_hyperparameters(rank, alpha, dropout, d_in, d_out, init)
         self.base_layer = base_layer
+        self.settings = settings
         self.fan_in_fan_out = isinstance(base_layer, Conv1D)
-        self.rank, self.dropout = rank, dropout
-        self.set_scaling(alpha, use_rslora)
         weight = base_layer.weight
-        self.quantized = not weight.is_floating_point()  # a 4-bit base (QLoRA): adapters train in fp32
+        self.quantized = is_quantized(base_layer)  # a 4-bit base (QLoRA): adapters train in fp32
         dtype = torch.float32 if self.quantized else weight.dtype
-        self.lora_A = nn.Parameter(torch.empty(rank, d_in, dtype=dtype, device=weight.device))
-        self.lora_B = nn.Parameter(torch.zeros(d_out, rank, dtype=dtype, device=weight.device))
-        if init == "kaiming":  # PEFT's default: what nn.Linear would do for a (r, d_in) weight
-            nn.init.kaiming_uniform_(self.lora_A, a=math.sqrt(5))
-        else:
-            nn.init.normal_(self.lora_A, std=1 / rank)
+        r = settings.rank
+        self.lora_A = nn.Parameter(torch.empty(r, d_in, dtype=dtype, device=weight.device))
+        self.lora_B = nn.Parameter(torch.zeros(d_out, r, dtype=dtype, device=weight.device))
         self.merged = False
         self.enabled = True
+        self.reset_parameters()
 
-    def set_scaling(self, alpha: float, use_rslora: bool) -> None:
-        """s = alpha / r, or alpha / sqrt(r) with rsLoRA (rank-stabilised scaling)."""
-        self.alpha, self.use_rslora = alpha, use_rslora
-        self.scaling = alpha / math.sqrt(self.rank) if use_rslora else alpha / self.rank
+    @staticmethod
+    def check(base_layer: nn.Module, settings: LoRASettings) -> None:
+        """Whether `settings` fit `base_layer`; apply_lora checks every layer before it changes any."""
+        settings.check(*linear_shape(base_layer))
+        if is_quantized(base_layer) and settings.keeps_initial:
+            raise ValueError(
+                f"init={settings.init} rewrites the base weight and needs a 16/32-bit base; "
+                "initialise on the full-precision model and quantise the residual afterwards"
+            )
+
+    @classmethod
+    def tensor_shapes(cls, settings: LoRASettings, d_in: int, d_out: int) -> dict[str, tuple[int, ...]]:
+        """The adapter's tensors by their PEFT key suffix, and shapes: what an adapter file must hold."""
+        return {"lora_A.weight": (settings.rank, d_in), "lora_B.weight": (d_out, settings.rank)}
+
+    def adapter_tensors(self) -> dict[str, torch.Tensor]:
+        """The adapter's tensors by PEFT key suffix (see `tensor_shapes`)."""
+        return {"lora_A.weight": self.lora_A, "lora_B.weight": self.lora_B}
+
+    @property
+    def scaling(self) -> float:
+        return self.settings.scaling
+
+    def base_weight(self) -> torch.Tensor:
+        """W as (d_out, d_in) in fp32, de-quantised from a 4-bit base."""
+        weight = self.base_layer.weight
+        if self.quantized:
+            import bitsandbytes.functional as bnbf  # only a 4-bit base needs it
+
+            return bnbf.dequantize_4bit(weight.data, weight.quant_state).float()
+        weight = weight.float()
+        return weight.T if self.fan_in_fan_out else weight
+
+    @torch.no_grad()
+    def reset_parameters(self) -> None:
+        """Initialise A and B by `settings.init`: kaiming or gaussian (`random_a`), B = 0.
+
+        pissa: B A = the top-r singular part of W (sqrt(S / s) on each side); olora: B = the first r columns
+        of Q and A = the first r rows of R in W = Q R. For these two, W becomes the residual W - s B A (the
+        model still computes what it did), and A0, B0 are kept to convert the adapter to one on the
+        original W."""
+        init = self.settings.init
+        if init in RANDOM_INITS:
+            self.lora_A.copy_(random_a(self.lora_A.shape, init))
+            self.lora_B.zero_()
+            return
+        weight, r, s = self.base_weight(), self.settings.rank, self.scaling
+        if init == "pissa":
+            u, sv, vh = torch.linalg.svd(weight, full_matrices=False)
+            root = (sv[:r] / s).sqrt()
+            a, b = root[:, None] * vh[:r], u[:, :r] * root
+        else:  # olora
+            q, rr = torch.linalg.qr(weight)
+            a, b = rr[:r], q[:, :r]
+        self.lora_A.copy_(a)
+        self.lora_B.copy_(b)
+        residual = weight - s * (b @ a)
+        base = self.base_layer.weight
+        base.copy_((residual.T if self.fan_in_fan_out else residual).to(base.dtype))
+        self.register_buffer("initial_A", self.lora_A.detach().clone(), persistent=False)
+        self.register_buffer("initial_B", self.lora_B.detach().clone(), persistent=False)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         y = self.base_layer(x)
         if self.merged or not self.enabled:
             return y
-        # The dtype the down-projection runs in: autocast's (cast once here, so that masking and the saved
-        # input are in bf16 too), else the adapter's (fp32 adapters on a 4-bit or 16-bit base).
+        return self.add_update(x, y)
+
+    def down(self, x: torch.Tensor) -> torch.Tensor:
+        """dropout(x) A^T as (tokens, r), in autocast's dtype when on (cast once here, so that masking and
+        the saved input are in bf16 too), else the adapter's (fp32 adapters on a 4-bit or 16-bit base)."""
         device = x.device.type
         dtype = torch.get_autocast_dtype(device) if torch.is_autocast_enabled(device) else self.lora_A.dtype
         h = x.reshape(-1, x.shape[-1]).to(dtype)
-        if self.training and self.dropout > 0:
-            keep = keep_mask(h.shape, self.dropout, h.device)
-            down = DropoutDown.apply(h, keep, self.lora_A, keep_scale(self.dropout))
-        else:
-            down = h @ self.lora_A.T
-        # y += s * (down B^T), in place: the base output is not needed for its own backward.
-        y2d = y.view(-1, y.shape[-1])
-        y2d.addmm_(down.to(y.dtype), self.lora_B.T.to(y.dtype), alpha=self.scaling)
+        p = self.settings.dropout
+        if self.training and p > 0:
+            return DropoutDown.apply(h, keep_mask(h.shape, p, h.device), self.lora_A, keep_scale(p))
+        return h @ self.lora_A.T
+
+    def add_update(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        """y + s B A dropout(x), added into y in place (y is not needed for the base's own backward)."""
+        down = self.down(x)
+        y.view(-1, y.shape[-1]).addmm_(down.to(y.dtype), self.lora_B.T.to(y.dtype), alpha=self.scaling)
         return y
 
     def delta_weight(self) -> torch.Tensor:
@@ -90,13 +160,16 @@ class LoRALinear(nn.Module):
         delta = (self.lora_B.float() @ self.lora_A.float()) * self.scaling
         return delta.T if self.fan_in_fan_out else delta
 
-    @torch.no_grad()
-    def merge(self) -> None:
-        """Fold the update into W0 (in W0's dtype): inference then costs what the base costs."""
+    def _check_mergeable(self) -> None:
         if self.quantized:
             raise ValueError(
                 "cannot merge into a 4-bit base; load the adapter onto the 16-bit base and merge there"
             )
+
+    @torch.no_grad()
+    def merge(self) -> None:
+        """Fold the update into W (in W's dtype): inference then costs what the base costs."""
+        self._check_mergeable()
         if not self.merged:
             weight = self.base_layer.weight
             weight += self.delta_weight().to(weight.dtype)
@@ -110,7 +183,76 @@ class LoRALinear(nn.Module):
             self.merged = False
 
     def extra_repr(self) -> str:
-        return f"rank={self.rank}, alpha={self.alpha}, dropout={self.dropout}, scaling={self.scaling:g}"
+        s = self.settings
+        return f"rank={s.rank}, alpha={s.alpha}, dropout={s.dropout}, scaling={self.scaling:g}, init={s.init}"
+
+
+class DoRALinear(LoRALinear):
+    """DoRA (Liu et al. 2024): LoRA's direction update with a trained magnitude m per output row.
+
+    m starts at the row norms of W + s B A, so a fresh layer computes the base. The norm is detached, as
+    the paper suggests (section 4.3) and PEFT does. Dropout acts on the low-rank branch only, as in LoRA:
+    PEFT (like the paper's code) also multiplies W by the dropped-out input, one more full-size matmul per
+    layer; the two agree exactly without dropout and at evaluation."""
+
+    @classmethod
+    def tensor_shapes(cls, settings: LoRASettings, d_in: int, d_out: int) -> dict[str, tuple[int, ...]]:
+        return {**super().tensor_shapes(settings, d_in, d_out), "lora_magnitude_vector": (d_out,)}
+
+    def adapter_tensors(self) -> dict[str, torch.Tensor]:
+        return {**super().adapter_tensors(), "lora_magnitude_vector": self.lora_magnitude}
+
+    @torch.no_grad()
+    def reset_parameters(self) -> None:
+        """LoRA's init, then m = ||W + s B A|| per row (created here on the first call)."""
+        super().reset_parameters()
+        norm = self.row_norm().to(self.lora_A.dtype)
+        if hasattr(self, "lora_magnitude"):
+            self.lora_magnitude.copy_(norm)
+        else:
+            self.lora_magnitude = nn.Parameter(norm)
+
+    def row_norm(self) -> torch.Tensor:
+        """||W + s B A|| per output row, in fp32 and without gradient."""
+        with torch.no_grad():
+            return (self.base_weight() + self.scaling * (self.lora_B.float() @ self.lora_A.float())).norm(
+                dim=1
+            )
+
+    def add_update(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        """m / ||W + s B A|| * (y - b + s B A dropout(x)) + b."""
+        factor = (self.lora_magnitude / self.row_norm().to(self.lora_magnitude.dtype)).to(y.dtype)
+        bias = self.base_layer.bias
+        lora = (self.down(x).to(y.dtype) @ self.lora_B.T.to(y.dtype)).view_as(y) * self.scaling
+        if bias is None:
+            return factor * (y + lora)
+        return factor * (y - bias + lora) + bias
+
+    def _factor(self, norm: torch.Tensor) -> torch.Tensor:
+        """m / norm shaped to scale the base weight's output rows."""
+        factor = self.lora_magnitude.float() / norm
+        return factor[None, :] if self.fan_in_fan_out else factor[:, None]
+
+    @torch.no_grad()
+    def merge(self) -> None:
+        """W <- m / ||W + s B A|| * (W + s B A); the norm is kept to undo it exactly."""
+        self._check_mergeable()
+        if not self.merged:
+            weight = self.base_layer.weight
+            self.merged_norm = self.row_norm()
+            weight.copy_(
+                (self._factor(self.merged_norm) * (weight.float() + self.delta_weight())).to(weight.dtype)
+            )
+            self.merged = True
+
+    @torch.no_grad()
+    def unmerge(self) -> None:
+        if self.merged:
+            weight = self.base_layer.weight
+            weight.copy_(
+                (weight.float() / self._factor(self.merged_norm) - self.delta_weight()).to(weight.dtype)
+            )
+            self.merged = False
 
 
 class DropoutDown(torch.autograd.Function):
@@ -137,20 +279,3 @@ class DropoutDown(torch.autograd.Function):
         grad_x = (grad @ lora_a.to(grad.dtype)) * keep if ctx.needs_input_grad[0] else None
         grad_a = grad.T @ (x * keep).to(grad.dtype) if ctx.needs_input_grad[2] else None
         return grad_x, None, grad_a, None
-
-
-def check_hyperparameters(rank: int, alpha: float, dropout: float, d_in: int, d_out: int, init: str) -> None:
-    """Reject settings that would silently train nothing or blow up, with the fix in the message."""
-    if not isinstance(rank, int) or rank <= 0:
-        raise ValueError(f"rank must be a positive integer, got {rank!r}; use e.g. rank=8")
-    if rank > min(d_in, d_out):
-        raise ValueError(
-            f"rank={rank} exceeds min(d_in, d_out)={min(d_in, d_out)} of a {d_in}x{d_out} layer; "
-            f"use rank <= {min(d_in, d_out)}"
-        )
-    if not alpha > 0:
-        raise ValueError(f"alpha must be > 0, got {alpha!r}; the usual choice is alpha=2*rank")
-    if not 0 <= dropout < 1:
-        raise ValueError(f"dropout must be in [0, 1), got {dropout!r}")
-    if init not in INITS:
-        raise ValueError(f"init must be one of {INITS}, got {init!r}")
