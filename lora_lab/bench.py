@@ -1,12 +1,14 @@
-"""Speed and memory of LoRA (ours, PEFT) beside the floor and full fine-tuning, measured side by side.
+"""Speed and memory of fine-tuning methods (ours and PEFT's) beside the floor, measured side by side.
 
     python -m lora_lab.bench                                   # MiniLM (assets) or DistilBERT, CPU, 16 x 128
+    python -m lora_lab.bench --methods attn_ffn_r8 dora_attn_ffn_r8 ia3 houlsby pfeiffer prompt_tuning
     python -m lora_lab.bench --model distilbert --seq 256 --memory
 
 The floor is what any LoRA step must pay: the frozen base's forward plus the input-gradient half of its
 backward (embedding output requires grad, only the classifier trains). Step times are medians over rounds in
 which every variant takes one step in turn, so machine noise hits all variants alike. Peak memory is measured
-in a fresh subprocess per variant (CUDA: max allocated; CPU: peak RSS of that process).
+in a fresh subprocess per variant (CUDA: max allocated; CPU: peak RSS of that process). Inference latency is
+measured for the base and each variant, unmerged and, where the method merges, merged.
 """
 
 from __future__ import annotations
@@ -26,7 +28,6 @@ import torch
 from torch import nn
 
 from lora_lab import assets, config, dropout, methods, models, quant
-from lora_lab.lora import merge
 from lora_lab.train import (
     PRECISIONS,
     autocast,
@@ -42,12 +43,16 @@ from lora_lab.train import (
 GRAD_CLIP = config.compose().trainer.grad_clip  # the runner's default, so a step here is a step there
 
 
-def build(args: argparse.Namespace, variant: str) -> nn.Module:
-    """A model prepared as `variant`: floor, full, or <impl>:<targets> such as ours:qv."""
+def build(args: argparse.Namespace, variant: str) -> tuple[nn.Module, methods.Method]:
+    """A model prepared as `variant` (see `train_variants`), and its method."""
     torch.manual_seed(0)
-    cfg = config.compose(
-        [f"model={args.model}", "model.pretrained=false", f"rank={args.rank}", f"dropout={args.dropout}"]
-    )
+    impl, _, row = variant.rpartition(":")
+    overrides = [f"model={args.model}", "model.pretrained=false", f"dropout={args.dropout}"]
+    overrides += [f"rank={args.rank}"] if args.rank else []
+    overrides += ["method=head_only"] if variant == "floor" else [f"method={row}"]
+    overrides += [f"impl={impl}"] if impl else []
+    cfg = config.compose(overrides)
+    cfg.quant = args.quant
     # Decoders pool on the last non-pad token; the fake batches never contain id 0.
     model = models.load_model(cfg.model, pad_token_id=0)
     if args.cheap_dropout:
@@ -55,16 +60,11 @@ def build(args: argparse.Namespace, variant: str) -> nn.Module:
     if args.quant:
         quant.quantize_nf4(model, on_cuda=args.device_type == "cuda")
     if variant == "floor":  # head-only, plus gradients flowing back through the whole frozen stack
-        cfg.method.kind = "head_only"
         model.get_input_embeddings().register_forward_hook(lambda _m, _i, out: out.requires_grad_(True))
-    elif variant == "full":
-        cfg.method.kind = "full"
-    else:
-        cfg.impl, cfg.method.targets = variant.split(":")
     model = methods.prepare(model, cfg)
     if args.checkpointing:  # as trainer.gradient_checkpointing does it
         enable_checkpointing(model)
-    return model
+    return model, methods.of(cfg)
 
 
 def fake_batch(model: nn.Module, args: argparse.Namespace, device: torch.device) -> dict[str, torch.Tensor]:
@@ -102,16 +102,27 @@ def interleaved(
 
 
 def train_variants(args: argparse.Namespace) -> list[str]:
-    lora = [f"{impl}:{t}" for t in args.targets for impl in ("ours", "peft")]
-    return (
-        ["floor", *lora] if args.quant else ["floor", *lora, "full"]
-    )  # a 4-bit base cannot be fully trained
+    """floor, then `<impl>:<row>` for each impl of each conf/method row in --methods (the row alone where
+    the method has no choice of impl). Rows a 4-bit base cannot train (full) are left out with --quant."""
+    variants = ["floor"]
+    for row in args.methods:
+        cfg = config.compose([f"method={row}"])
+        cfg.quant = args.quant
+        method = methods.of(cfg)
+        try:
+            method.check(cfg)
+        except ValueError as err:
+            print(f"  {row} left out: {err}")
+            continue
+        impls = method.impls if len(method.impls) > 1 else ("",)
+        variants += [f"{impl}:{row}" if impl else row for impl in impls]
+    return variants
 
 
 def bench_training(args: argparse.Namespace, device: torch.device) -> dict[str, float]:
     jobs = {}
     for variant in train_variants(args):
-        model = build(args, variant).to(device).train()
+        model = build(args, variant)[0].to(device).train()
         optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-5)
         batch = fake_batch(model, args, device)
         jobs[variant] = lambda m=model, b=batch, o=optimizer: train_step(
@@ -121,15 +132,17 @@ def bench_training(args: argparse.Namespace, device: torch.device) -> dict[str, 
 
 
 def bench_inference(args: argparse.Namespace, device: torch.device) -> dict[str, float]:
-    base = build(args, "floor").to(device).eval()
+    """Forward latency of the base and of every variant, unmerged and, where the method folds into the
+    base weights (LoRA, DoRA, IA3; not a 4-bit base), merged."""
+    base = build(args, "floor")[0].to(device).eval()
     batch = {k: v for k, v in fake_batch(base, args, device).items() if k != "labels"}
     variants = {"base": base}
-    for t in args.targets:
-        ours = build(args, f"ours:{t}").to(device).eval()
-        variants[f"ours:{t} unmerged"] = ours
-        if not args.quant:  # no merging into a 4-bit base
-            variants[f"ours:{t} merged"] = merge(copy.deepcopy(ours))
-        variants[f"peft:{t} unmerged"] = build(args, f"peft:{t}").to(device).eval()
+    for variant in train_variants(args)[1:]:
+        model, method = build(args, variant)
+        variants[f"{variant} unmerged"] = model.to(device).eval()
+        merged = None if args.quant else method.merge(copy.deepcopy(model))
+        if merged is not None:
+            variants[f"{variant} merged"] = merged
 
     def infer(model: nn.Module) -> None:
         with torch.inference_mode(), autocast(device, args.precision):
@@ -151,7 +164,7 @@ def bench_memory(args: argparse.Namespace) -> dict[str, float]:
 
 
 def memory_child(args: argparse.Namespace, device: torch.device) -> None:
-    model = build(args, args.memory_child).to(device).train()
+    model = build(args, args.memory_child)[0].to(device).train()
     optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-5)
     batch = fake_batch(model, args, device)
     reset_peak_memory(device)
@@ -251,19 +264,22 @@ def report(result: dict, args: argparse.Namespace) -> str:
     train, lines = result["train_step_s"], []
     lines.append(f"training step, median of {args.rounds} ({result['setup']})")
     for variant, seconds in train.items():
-        lines.append(f"  {variant:<16} {1000 * seconds:8.1f} ms   {seconds / train['floor']:5.2f} x floor")
-    for t in args.targets:
-        lines.append(f"  ours/PEFT speed on {t}: {train[f'peft:{t}'] / train[f'ours:{t}']:.2f}")
+        lines.append(f"  {variant:<28} {1000 * seconds:8.1f} ms   {seconds / train['floor']:5.2f} x floor")
+    for variant in train:
+        if variant.startswith("ours:") and f"peft:{variant[5:]}" in train:
+            lines.append(
+                f"  ours/PEFT speed on {variant[5:]}: {train['peft:' + variant[5:]] / train[variant]:.2f}"
+            )
     infer = result["inference_s"]
     lines.append("inference, median")
     for variant, seconds in infer.items():
-        lines.append(f"  {variant:<20} {1000 * seconds:8.1f} ms   {seconds / infer['base']:5.2f} x base")
+        lines.append(f"  {variant:<37} {1000 * seconds:8.1f} ms   {seconds / infer['base']:5.2f} x base")
     if "peak_memory_mb" in result:
         mem = result["peak_memory_mb"]
         lines.append("peak memory of a training step (fresh process each)")
         ref = "full" if "full" in mem else "floor"
         for variant, mb in mem.items():
-            lines.append(f"  {variant:<16} {mb:8.0f} MB   {mb / mem[ref]:5.2f} x {ref}")
+            lines.append(f"  {variant:<28} {mb:8.0f} MB   {mb / mem[ref]:5.2f} x {ref}")
     return "\n".join(lines)
 
 
@@ -275,9 +291,14 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--model", default=default_model, help="a conf/model name (built from its config)")
     parser.add_argument("--batch", type=int, default=16)
     parser.add_argument("--seq", type=int, default=128)
-    parser.add_argument("--rank", type=int, default=8)
+    parser.add_argument("--rank", type=int, help="override the LoRA rows' rank (default: each row's own)")
     parser.add_argument("--dropout", type=float, default=0.1)
-    parser.add_argument("--targets", nargs="+", default=["qv", "attn_ffn"])
+    parser.add_argument(
+        "--methods",
+        nargs="+",
+        default=["qv_r8", "attn_ffn_r8", "full"],
+        help="conf/method rows to measure, each with every impl it has (e.g. dora_attn_ffn_r8 ia3 houlsby)",
+    )
     parser.add_argument("--device", default="auto")
     parser.add_argument("--threads", type=int, help="CPU threads (default: torch's)")
     parser.add_argument(
@@ -324,7 +345,8 @@ def main(argv: list[str] | None = None) -> None:
         return memory_child(args, device)
     setup = (
         f"{args.model}{' nf4' if args.quant else ''}{' checkpointed' if args.checkpointing else ''}, "
-        f"batch {args.batch} x {args.seq} tokens, r={args.rank}, dropout {args.dropout}, {args.precision}, "
+        f"batch {args.batch} x {args.seq} tokens, r={args.rank or 'per row'}, dropout {args.dropout}, "
+        f"{args.precision}, "
         f"{'cheap' if args.cheap_dropout else 'torch'} dropout masks, "
         f"{device.type}, {torch.get_num_threads()} threads"
     )

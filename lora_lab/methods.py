@@ -150,12 +150,13 @@ class LoRA(Method):
 
     def save(self, model: nn.Module, path: Path, base_name: str) -> Path:
         """The adapter in PEFT's format (PiSSA/OLoRA converted to a plain LoRA on the original base)."""
-        if hasattr(model, "lora_adapter"):
+        if not _is_peft(model):
             return lora.save_adapter(model, path, base_model_name_or_path=base_name)
-        model.save_pretrained(
-            path
-        )  # PEFT's PiSSA/OLoRA files replay the init on the original base when loaded
+        model.save_pretrained(path)  # PEFT's own PiSSA/OLoRA files replay the init on the original base
         return path
+
+    def merge(self, model: nn.Module) -> nn.Module:
+        return _peft_merge(model) if _is_peft(model) else lora.merge(model)
 
 
 def _variants(cfg: DictConfig) -> list[str]:

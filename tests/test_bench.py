@@ -25,7 +25,7 @@ ARGS = argparse.Namespace(
 
 
 def test_floor_trains_the_head_but_backpropagates_through_the_frozen_stack() -> None:
-    model = bench.build(ARGS, "floor")
+    model = bench.build(ARGS, "floor")[0]
     assert count(model)[0] == 32 * 2 + 2  # tiny_bert's classifier only
     seen = []
     model.bert.encoder.layer[0].register_full_backward_hook(lambda _m, grad_in, _o: seen.append(grad_in[0]))
@@ -48,13 +48,18 @@ def test_bench_command_writes_every_variant(tmp_path) -> None:
             "1",
             "--warmup",
             "0",
-            "--targets",
-            "qv",
+            "--methods",
+            "qv_r8",
+            "ia3",
+            "houlsby",
+            "full",
             "--out",
             str(out),
         ]
     )
     result = json.loads(out.read_text())
-    assert set(result["train_step_s"]) == {"floor", "ours:qv", "peft:qv", "full"}
-    assert set(result["inference_s"]) == {"base", "ours:qv unmerged", "ours:qv merged", "peft:qv unmerged"}
+    variants = {"ours:qv_r8", "peft:qv_r8", "ours:ia3", "peft:ia3", "houlsby", "full"}
+    assert set(result["train_step_s"]) == {"floor", *variants}
+    merged = {f"{v} merged" for v in variants if v.endswith(("qv_r8", "ia3"))}  # LoRA and IA3 fold in
+    assert set(result["inference_s"]) == {"base", *(f"{v} unmerged" for v in variants), *merged}
     assert all(t > 0 for t in result["train_step_s"].values())

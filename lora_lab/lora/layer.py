@@ -220,13 +220,14 @@ class DoRALinear(LoRALinear):
             )
 
     def add_update(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-        """m / ||W + s B A|| * (y - b + s B A dropout(x)) + b."""
+        """m / ||W + s B A|| * (y - b + s B A dropout(x)) + b, the bracket built in y's own memory (as LoRA's
+        update is; the base's backward does not need y): three passes over the output, not six."""
         factor = (self.lora_magnitude / self.row_norm().to(self.lora_magnitude.dtype)).to(y.dtype)
         bias = self.base_layer.bias
-        lora = (self.down(x).to(y.dtype) @ self.lora_B.T.to(y.dtype)).view_as(y) * self.scaling
-        if bias is None:
-            return factor * (y + lora)
-        return factor * (y - bias + lora) + bias
+        if bias is not None:
+            y.sub_(bias)
+        y = super().add_update(x, y)
+        return y * factor if bias is None else torch.addcmul(bias.to(y.dtype), y, factor)
 
     def _factor(self, norm: torch.Tensor) -> torch.Tensor:
         """m / norm shaped to scale the base weight's output rows."""
