@@ -7,6 +7,7 @@ import pytest
 from hydra import compose, initialize_config_dir
 
 from lora_lab import config, methods
+from lora_lab.analysis import findings
 
 
 def compose_with_hydra(overrides: list[str]):
@@ -75,3 +76,20 @@ def test_the_learning_rate_setting_a_row_answers_to() -> None:
     assert methods.lr_setting(config.compose(["method=qv_r8"])) == "lora_lr"
     assert methods.lr_setting(config.compose(["method=full"])) == "method.lr"
     assert methods.lr_setting(config.compose(["method=qv_r8", "method.lr=1e-3"])) == "method.lr"
+
+
+@pytest.mark.parametrize("experiment", ["imdb_cpu", "imdb_methods_cpu"])
+def test_every_claim_names_a_row_its_study_sweeps(experiment: str) -> None:
+    cfg = compose_with_hydra([f"experiment={experiment}"])
+    rows = config.sweep_rows(experiment)
+    labels = {methods.row_label(config.compose([f"experiment={experiment}", f"method={r}"])) for r in rows}
+    claims = findings.load_claims(cfg.experiment_name)
+    named = {
+        args[k]
+        for claim in claims
+        for args in claim.values()
+        if isinstance(args, dict)
+        for k in "ab"
+        if k in args
+    }
+    assert named and named <= labels, named - labels
