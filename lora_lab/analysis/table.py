@@ -58,6 +58,7 @@ def summarize(
                     METHOD_ORDER.get(first["method"], len(METHOD_ORDER)),
                     TARGET_ORDER.get(first["targets"], 3) if isinstance(first["targets"], str) else 3,
                     first["rank"] if pd.notna(first["rank"]) else 0,
+                    first["label"],  # a variant (DoRA, PiSSA...) after its plain row, both impls together
                     IMPL_ORDER.get(first["impl"], 3),
                     first["configuration"],
                 ),
