@@ -25,6 +25,7 @@ import time
 from pathlib import Path
 
 import torch
+from omegaconf import DictConfig
 from torch import nn
 
 from lora_lab import assets, config, dropout, methods, models, quant
@@ -43,9 +44,8 @@ from lora_lab.train import (
 GRAD_CLIP = config.compose().trainer.grad_clip  # the runner's default, so a step here is a step there
 
 
-def build(args: argparse.Namespace, variant: str) -> tuple[nn.Module, methods.Method]:
-    """A model prepared as `variant` (see `train_variants`), and its method."""
-    torch.manual_seed(0)
+def variant_config(args: argparse.Namespace, variant: str) -> DictConfig:
+    """The run config of `variant` (see `train_variants`) on the benchmark's model."""
     impl, _, row = variant.rpartition(":")
     overrides = [f"model={args.model}", "model.pretrained=false", f"dropout={args.dropout}"]
     overrides += [f"rank={args.rank}"] if args.rank else []
@@ -53,6 +53,13 @@ def build(args: argparse.Namespace, variant: str) -> tuple[nn.Module, methods.Me
     overrides += [f"impl={impl}"] if impl else []
     cfg = config.compose(overrides)
     cfg.quant = args.quant
+    return cfg
+
+
+def build(args: argparse.Namespace, variant: str) -> tuple[nn.Module, methods.Method]:
+    """A model prepared as `variant`, and its method."""
+    torch.manual_seed(0)
+    cfg = variant_config(args, variant)
     # Decoders pool on the last non-pad token; the fake batches never contain id 0.
     model = models.load_model(cfg.model, pad_token_id=0)
     if args.cheap_dropout:

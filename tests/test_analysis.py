@@ -22,6 +22,8 @@ from nbclient import NotebookClient
 from lora_lab import analysis, store
 from lora_lab.analysis import findings, stats
 from lora_lab.analysis import runs as runs_module
+from lora_lab.analysis.plot import plot
+from lora_lab.analysis.table import add_latency
 
 matplotlib.use("Agg")
 N = 400  # test examples of the synthetic stores
@@ -320,3 +322,37 @@ def test_notebook_executes_on_a_results_folder(real_results, monkeypatch) -> Non
     assert "Q+V (r=8)" in text and "92.48%" in text  # our row with the reference accuracy beside it
     assert "ours = PEFT within 1 pp" in text  # the findings
     assert sum("image/png" in o.get("data", {}) for o in outputs) >= 2
+
+
+def test_latency_joins_bench_variants_to_rows_merged_where_measured(tmp_path) -> None:
+    runs = pd.DataFrame(
+        {
+            "config_id": ["a", "b", "c", "d"],
+            "name": [
+                "qv_r8-ours-seed0-1",
+                "qv_r8-peft-seed0-2",
+                "houlsby_rf16-ours-seed0-3",
+                "attn_r8-ours-seed0-4",
+            ],
+        }
+    )
+    bench = {
+        "args": {"rank": None},
+        "inference_s": {
+            "base": 2.0,
+            "ours:qv_r8 unmerged": 3.0,
+            "ours:qv_r8 merged": 2.2,
+            "peft:qv_r8 unmerged": 2.6,
+            "houlsby unmerged": 2.4,
+        },
+    }
+    table = add_latency(pd.DataFrame({"config_id": ["a", "b", "c", "d"]}), runs, bench)
+    assert table["latency_x_base"].tolist()[:3] == pytest.approx([1.1, 1.3, 1.2])
+    assert pd.isna(table["latency_x_base"].iloc[3])  # not benchmarked: left out of the latency plot
+    table = table.assign(
+        accuracy=[80.0, 81.0, 79.0, 82.0], ci_low=78.0, ci_high=83.0, impl=["ours", "peft", "ours", "ours"]
+    )
+    table["configuration"] = ["Q+V", "Q+V", "Houlsby", "Attn"]
+    fig = plot(table, tmp_path, x="latency_x_base")
+    assert (tmp_path / "acc_vs_latency.png").is_file()
+    assert len(fig.axes[0].texts) == 2  # labels for the two configurations measured

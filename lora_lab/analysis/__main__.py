@@ -1,19 +1,22 @@
-"""python -m lora_lab.analysis RESULTS_DIR [--reference CSV] [--claims YAML] [--source wandb ...]
+"""python -m lora_lab.analysis RESULTS_DIR [--reference CSV] [--claims YAML] [--latency BENCH_JSON] ...
 
 Reads the runs, prints the table and the study's findings, and writes table.md/.csv/.tex,
-acc_vs_params.png/.pdf and (when the study has claims) findings.md/.csv and findings.png into RESULTS_DIR.
+acc_vs_params.png/.pdf, with --latency acc_vs_latency.png/.pdf, and (when the study has claims)
+findings.md/.csv and findings.png into RESULTS_DIR.
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import sys
+from pathlib import Path
 
 from lora_lab.analysis import findings as findings_module
 from lora_lab.analysis import load_reference, load_runs, load_wandb_runs, plot, summarize, write_tables
 from lora_lab.analysis.plot import plot_findings
 from lora_lab.analysis.runs import correctness
-from lora_lab.analysis.table import to_markdown
+from lora_lab.analysis.table import add_latency, to_markdown
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -23,6 +26,9 @@ def main(argv: list[str] | None = None) -> None:
         "--reference", help="CSV of reference numbers (default: experiments/<study>/reference.csv)"
     )
     parser.add_argument("--claims", help="claims to check (default: experiments/<study>/claims.yaml)")
+    parser.add_argument(
+        "--latency", help="a `python -m lora_lab.bench` JSON: also plot accuracy against inference latency"
+    )
     parser.add_argument("--source", choices=("store", "wandb"), default="store")
     parser.add_argument("--entity", help="wandb entity (with --source wandb)")
     parser.add_argument("--project", help="wandb project (with --source wandb)")
@@ -36,6 +42,9 @@ def main(argv: list[str] | None = None) -> None:
         experiment = runs["experiment"].iloc[0]
         correct = correctness(runs)
         table = summarize(runs, correct, load_reference(experiment, args.reference))
+        latency = (
+            add_latency(table, runs, json.loads(Path(args.latency).read_text())) if args.latency else None
+        )
         claims = findings_module.load_claims(experiment, args.claims)
         findings = findings_module.check(claims, table, correct) if claims and correct else None
     except (FileNotFoundError, ValueError) as err:
@@ -46,6 +55,9 @@ def main(argv: list[str] | None = None) -> None:
     title = f"{experiment}: {model}, {runs['train_examples'].iloc[0]:,} train examples"
     plot(table, args.results, title=title)
     written += [f"{args.results}/acc_vs_params.png/.pdf"]
+    if latency is not None:
+        plot(latency, args.results, title=f"{title}; latency: {Path(args.latency).name}", x="latency_x_base")
+        written += [f"{args.results}/acc_vs_latency.png/.pdf"]
     if findings is not None:
         print(findings_module.to_markdown(findings))
         written += findings_module.write_findings(findings, args.results)

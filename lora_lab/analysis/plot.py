@@ -1,4 +1,5 @@
-"""Accuracy against trainable parameters (log axis): one marker per impl, the reference drawn faintly."""
+"""Accuracy against trainable parameters (log axis) or inference latency: one marker per impl, the reference
+drawn faintly."""
 
 from __future__ import annotations
 
@@ -10,19 +11,32 @@ import pandas as pd
 from lora_lab.analysis.runs import NO_IMPL
 
 MARKERS = {
-    "ours": ("o", "tab:blue", "LoRA (ours)"),
-    "peft": ("s", "tab:orange", "LoRA (PEFT)"),
+    "ours": ("o", "tab:blue", "ours"),
+    "peft": ("s", "tab:orange", "PEFT"),
     NO_IMPL: ("D", "tab:green", "head-only / full"),
+}
+X_AXES = {  # column: (file stem, axis label, log scale)
+    "trainable_params": ("acc_vs_params", "trainable parameters (log scale)", True),
+    "latency_x_base": (
+        "acc_vs_latency",
+        "inference latency, x the base model (merged where it merges)",
+        False,
+    ),
 }
 LABEL_GAP_PT = 11  # vertical distance between labels in the column right of the axes
 VERDICT_COLORS = {"holds": "tab:green", "contradicted": "tab:red", "inconclusive": "tab:gray"}
 
 
-def plot(table: pd.DataFrame, out: str | Path | None = None, title: str = "") -> plt.Figure:
-    """Draw the summary table with 95% CIs as error bars; with `out`, write acc_vs_params.png and .pdf."""
+def plot(
+    table: pd.DataFrame, out: str | Path | None = None, title: str = "", x: str = "trainable_params"
+) -> plt.Figure:
+    """Draw the summary table's accuracy with 95% CIs as error bars against column `x` (a key of X_AXES);
+    with `out`, write <stem>.png and .pdf. Rows without a value of `x` are left out."""
+    stem, xlabel, log_x = X_AXES[x]
+    table = table.dropna(subset=[x])
     fig, ax = plt.subplots(figsize=(10, 5), dpi=150)
     if "reference_accuracy" in table and table["reference_accuracy"].notna().any():
-        _draw_reference(ax, table)
+        _draw_reference(ax, table, x)
     for impl, (marker, color, name) in MARKERS.items():
         rows = table[table["impl"] == impl]
         if rows.empty:
@@ -30,7 +44,7 @@ def plot(table: pd.DataFrame, out: str | Path | None = None, title: str = "") ->
         low = (rows["accuracy"] - rows["ci_low"]).fillna(0)
         high = (rows["ci_high"] - rows["accuracy"]).fillna(0)
         ax.errorbar(
-            rows["trainable_params"],
+            rows[x],
             rows["accuracy"],
             yerr=[low, high],
             fmt=marker,
@@ -41,29 +55,30 @@ def plot(table: pd.DataFrame, out: str | Path | None = None, title: str = "") ->
             label=name,
             zorder=3,
         )
-    ax.set_xscale("log")
-    ax.set_xlabel("trainable parameters (log scale)")
+    if log_x:
+        ax.set_xscale("log")
+    ax.set_xlabel(xlabel)
     ax.set_ylabel("accuracy (%), 95% CI")
     ax.set_title(title)
     ax.grid(alpha=0.3, which="both", lw=0.5)
     ax.margins(x=0.08, y=0.08)
     fig.subplots_adjust(left=0.08, right=0.66, bottom=0.22, top=0.92)
-    _label_points(ax, table)  # last: it places labels in the final coordinates
+    _label_points(ax, table, x)  # last: it places labels in the final coordinates
     ax.legend(loc="upper center", bbox_to_anchor=(0.5, -0.13), ncol=2, fontsize=8, frameon=False)
     if out is not None:
         out = Path(out)
         out.mkdir(parents=True, exist_ok=True)
-        fig.savefig(out / "acc_vs_params.png")
-        fig.savefig(out / "acc_vs_params.pdf", metadata={"CreationDate": None, "ModDate": None})
+        fig.savefig(out / f"{stem}.png")
+        fig.savefig(out / f"{stem}.pdf", metadata={"CreationDate": None, "ModDate": None})
     return fig
 
 
-def _draw_reference(ax: plt.Axes, table: pd.DataFrame) -> None:
-    """The paper's accuracies, faint, placed at our parameter counts: the reference model's own counts
-    differ (DistilBERT-base), so only its accuracy on the y axis is comparable."""
+def _draw_reference(ax: plt.Axes, table: pd.DataFrame, x: str) -> None:
+    """The paper's accuracies, faint, placed at our x values (our parameter counts: the reference model's
+    own counts differ, DistilBERT-base), so only its accuracy on the y axis is comparable."""
     ref = table.drop_duplicates("configuration").dropna(subset=["reference_accuracy"])
     ax.scatter(
-        ref["trainable_params"],
+        ref[x],
         ref["reference_accuracy"],
         marker="_",
         s=300,
@@ -74,12 +89,10 @@ def _draw_reference(ax: plt.Axes, table: pd.DataFrame) -> None:
     )
 
 
-def _label_points(ax: plt.Axes, table: pd.DataFrame) -> None:
+def _label_points(ax: plt.Axes, table: pd.DataFrame, x: str) -> None:
     """One label per configuration, in a column right of the axes ordered by accuracy, each tied to its
     point by a thin line. Labels sit at least LABEL_GAP_PT apart, so they never overlap."""
-    points = table.groupby("configuration", sort=False).agg(
-        x=("trainable_params", "first"), y=("accuracy", "mean")
-    )
+    points = table.groupby("configuration", sort=False).agg(x=(x, "first"), y=("accuracy", "mean"))
     ax.get_xlim(), ax.get_ylim()  # settle autoscaling before converting to display coordinates
     to_points = 72 / ax.figure.dpi
     heights = {

@@ -6,13 +6,15 @@ from pathlib import Path
 
 import pandas as pd
 
+from lora_lab import methods
 from lora_lab.analysis import stats
 from lora_lab.analysis.runs import NO_IMPL
 from lora_lab.atomic import write_text_atomic
-from lora_lab.config import EXPERIMENTS_DIR
-from lora_lab.methods import METHODS
+from lora_lab.config import EXPERIMENTS_DIR, compose
 
-METHOD_ORDER = {kind: i for i, kind in enumerate(METHODS)}  # the registry's order: head-only first, full last
+METHOD_ORDER = {
+    kind: i for i, kind in enumerate(methods.METHODS)
+}  # the registry's order: head-only first, full last
 TARGET_ORDER = {"qv": 0, "attn": 1, "attn_ffn": 2}
 IMPL_ORDER = {"ours": 0, "peft": 1, NO_IMPL: 2}
 
@@ -122,6 +124,30 @@ def to_latex(table: pd.DataFrame) -> str:
     lines += [" & ".join(tex(v) for v in row) + r" \\" for row in shown.itertuples(index=False)]
     lines += [r"\bottomrule", r"\end{tabular}"]
     return "\n".join(lines) + "\n"
+
+
+def add_latency(table: pd.DataFrame, runs: pd.DataFrame, bench: dict) -> pd.DataFrame:
+    """The table with `latency_x_base`: each row's inference time over the base model's, from a
+    `python -m lora_lab.bench` JSON (merged where the bench merged the method, else unmerged). A variant
+    `<impl>:<conf/method row>` meets the runs whose name starts with that row's run-name prefix and impl (a
+    variant without impl: any impl). Rows the bench did not measure get NaN."""
+    if "inference_s" not in bench:
+        raise ValueError("the --latency file has no inference timings; use a `python -m lora_lab.bench` JSON")
+    infer, rank = bench["inference_s"], bench["args"].get("rank")
+    measured = {}
+    for key, seconds in infer.items():
+        variant, _, how = key.rpartition(" ")  # "<variant> merged" / "<variant> unmerged", or "base"
+        if key == "base" or (how == "unmerged" and f"{variant} merged" in infer):
+            continue
+        impl, _, row = variant.rpartition(":")
+        cfg = compose([f"method={row}", *([f"rank={rank}"] if rank else [])])
+        measured[(methods.of(cfg).row(cfg), impl or None)] = seconds / infer["base"]
+    names = runs.groupby("config_id")["name"].first().str.split("-")
+    ratios = {
+        config_id: measured.get((parts[0], parts[1]), measured.get((parts[0], None)))
+        for config_id, parts in names.items()
+    }
+    return table.assign(latency_x_base=table["config_id"].map(ratios).astype(float))
 
 
 def write_tables(table: pd.DataFrame, out: str | Path) -> list[Path]:
