@@ -7,8 +7,10 @@ counts and tests, and needs no download).
 
 from __future__ import annotations
 
+import hashlib
 import warnings
 from dataclasses import dataclass
+from pathlib import Path
 
 import transformers
 from omegaconf import DictConfig, OmegaConf
@@ -118,12 +120,42 @@ def family_of(model: nn.Module) -> Family:
     return FAMILIES[model_type]
 
 
+def gguf_file(cfg: DictConfig, source: str) -> str | None:
+    """The GGUF file to read: `cfg.gguf_file` (a file in a Hub repo or folder), else the one .gguf file of a
+    local folder, else None (safetensors or other formats transformers finds itself)."""
+    if cfg.get("gguf_file"):
+        return cfg.gguf_file
+    found = sorted(Path(source).glob("*.gguf")) if Path(source).is_dir() else []
+    if len(found) > 1:
+        names = ", ".join(f.name for f in found)
+        raise ValueError(f"{source} holds several GGUF files ({names}); choose one with model.gguf_file=NAME")
+    return found[0].name if found else None
+
+
+def weights_of(cfg: DictConfig) -> dict:
+    """Which weights a run loaded: where from, which file, and its sha256 when it is a local file (a GGUF's
+    de-quantised weights are close to, not equal to, the original checkpoint's)."""
+    source = assets.on_disk(cfg.name, cfg.get("local")) or cfg.name
+    name = gguf_file(cfg, source)
+    if name is None and Path(source).is_dir():
+        name = next((f.name for f in sorted(Path(source).glob("*.safetensors"))), None)
+    path = Path(source) / name if name else None
+    digest = None
+    if path is not None and path.is_file():
+        sha = hashlib.sha256()
+        with path.open("rb") as f:
+            for block in iter(lambda: f.read(1 << 20), b""):
+                sha.update(block)
+        digest = sha.hexdigest()
+    return {"source": source, "file": name, "sha256": digest}
+
+
 def load_tokenizer(cfg: DictConfig) -> PreTrainedTokenizerBase:
     """The model's tokenizer (or `cfg.tokenizer`'s, for random-init test models), with a pad token."""
     src = cfg.tokenizer or cfg
     source = assets.resolve(src.name, src.get("local"), "the tokenizer of", _offline_hint)
     try:
-        tokenizer = AutoTokenizer.from_pretrained(source)
+        tokenizer = AutoTokenizer.from_pretrained(source, gguf_file=gguf_file(src, source))
     except OSError as err:
         raise FileNotFoundError(
             f"tokenizer for model {src.name!r}: {assets.describe_lookup(src.name, src.get('local'))}"
@@ -158,12 +190,15 @@ def load_model(cfg: DictConfig, num_labels: int = 2, pad_token_id: int | None = 
             model = AutoModelForSequenceClassification.from_config(config)
         else:
             source = on_disk or assets.resolve(cfg.name, cfg.get("local"), "model", _offline_hint)
+            gguf = gguf_file(cfg, source)
             if cfg.pretrained:
                 model = AutoModelForSequenceClassification.from_pretrained(
-                    source, num_labels=num_labels, **overrides
+                    source, num_labels=num_labels, gguf_file=gguf, **overrides
                 )
             else:
-                config = AutoConfig.from_pretrained(source, num_labels=num_labels, **overrides)
+                config = AutoConfig.from_pretrained(
+                    source, num_labels=num_labels, gguf_file=gguf, **overrides
+                )
                 model = AutoModelForSequenceClassification.from_config(config)
     except OSError as err:
         raise FileNotFoundError(

@@ -87,6 +87,7 @@ def run(cfg: DictConfig) -> dict | None:
         "seed": cfg.seed,
         "model": cfg.model.name,
         "quant": cfg.quant,
+        "weights": models.weights_of(cfg.model) if cfg.model.pretrained else None,
         "trainable_params": trainable,
         "total_params": total,
         "trainable_pct": 100 * trainable / total,

@@ -64,6 +64,7 @@ class Record:
     rank: int | None = None
     impl: str | None = None  # ours | peft (methods with an implementation)
     quant: str | None = None
+    weights: dict | None = None  # pretrained weights loaded: {"source", "file", "sha256"} (models.weights_of)
     trainable_params: int | None = None
     total_params: int | None = None
     trainable_pct: float | None = None
