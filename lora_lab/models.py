@@ -147,6 +147,9 @@ def weights_of(cfg: DictConfig) -> dict:
             for block in iter(lambda: f.read(1 << 20), b""):
                 sha.update(block)
         digest = sha.hexdigest()
+    root = assets.asset_root()
+    if root is not None and Path(source).resolve().is_relative_to(root.resolve()):  # not this machine's path
+        source = f"${assets.ENV_VAR}/{Path(source).resolve().relative_to(root.resolve())}"
     return {"source": source, "file": name, "sha256": digest}
 
 
