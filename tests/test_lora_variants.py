@@ -31,6 +31,7 @@ def logits(model: torch.nn.Module, **kw) -> torch.Tensor:
         return model.eval()(**batch(**kw)).logits
 
 
+@pytest.mark.parametrize("family", ["bert", "llama", "gpt2"])  # Linear, a decoder, Conv1D (GPT-2)
 def test_dora_equals_peft_logits_gradients_and_training(family: str) -> None:
     ours, peft = make_pair(tiny_model(family), "attn_ffn", use_dora=True)
     assert_same_logits_and_gradients(ours, peft)

@@ -42,6 +42,7 @@ def ia3_pair(family: str) -> tuple[torch.nn.Module, torch.nn.Module]:
     return ours, peft
 
 
+@pytest.mark.parametrize("family", ["bert", "llama", "gpt2"])  # Linear, a decoder, Conv1D (GPT-2)
 def test_ia3_equals_peft_and_merges(family: str) -> None:
     ours, peft = ia3_pair(family)
     torch.testing.assert_close(logits(ours), logits(peft), rtol=1e-5, atol=1e-6)
