@@ -25,7 +25,7 @@ class BottleneckAdapter(nn.Module):
         super().__init__()
         d_out = linear_shape(base_layer)[1]
         hidden = d_out // reduction_factor
-        if not 1 <= hidden:
+        if hidden < 1:
             raise ValueError(
                 f"reduction_factor={reduction_factor} leaves no hidden unit in a {d_out}-wide layer; "
                 f"use method.reduction_factor <= {d_out}"
