@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import copy
+import ctypes
 import json
 import os
 import statistics
@@ -28,7 +29,7 @@ import torch
 from omegaconf import DictConfig
 from torch import nn
 
-from lora_lab import assets, config, dropout, methods, models, quant
+from lora_lab import assets, config, dropout, methods, models, params, quant
 from lora_lab.train import (
     PRECISIONS,
     autocast,
@@ -52,7 +53,7 @@ def variant_config(args: argparse.Namespace, variant: str) -> DictConfig:
     overrides += ["method=head_only"] if variant == "floor" else [f"method={row}"]
     overrides += [f"impl={impl}"] if impl else []
     cfg = config.compose(overrides)
-    cfg.quant = args.quant
+    cfg.quant = args.quant or cfg.quant  # --quant puts every variant on an NF4 base; a QLoRA row its own
     return cfg
 
 
@@ -64,8 +65,8 @@ def build(args: argparse.Namespace, variant: str) -> tuple[nn.Module, methods.Me
     model = models.load_model(cfg.model, pad_token_id=0)
     if args.cheap_dropout:
         dropout.install(model)
-    if args.quant:
-        quant.quantize_nf4(model, on_cuda=args.device_type == "cuda")
+    if cfg.quant:
+        quant.quantize_nf4(model, cfg.double_quant, on_cuda=args.device_type == "cuda")
     if variant == "floor":  # head-only, plus gradients flowing back through the whole frozen stack
         model.get_input_embeddings().register_forward_hook(lambda _m, _i, out: out.requires_grad_(True))
     model = methods.prepare(model, cfg)
@@ -113,8 +114,7 @@ def train_variants(args: argparse.Namespace) -> list[str]:
     the method has no choice of impl). Rows a 4-bit base cannot train (full) are left out with --quant."""
     variants = ["floor"]
     for row in args.methods:
-        cfg = config.compose([f"method={row}"])
-        cfg.quant = args.quant
+        cfg = variant_config(args, f":{row}")
         method = methods.of(cfg)
         try:
             method.check(cfg)
@@ -147,7 +147,7 @@ def bench_inference(args: argparse.Namespace, device: torch.device) -> dict[str,
     for variant in train_variants(args)[1:]:
         model, method = build(args, variant)
         variants[f"{variant} unmerged"] = model.to(device).eval()
-        merged = None if args.quant else method.merge(copy.deepcopy(model))
+        merged = None if variant_config(args, variant).quant else method.merge(copy.deepcopy(model))
         if merged is not None:
             variants[f"{variant} merged"] = merged
 
@@ -160,13 +160,16 @@ def bench_inference(args: argparse.Namespace, device: torch.device) -> dict[str,
     )
 
 
-def bench_memory(args: argparse.Namespace) -> dict[str, float]:
-    """Peak memory of a few training steps, each variant in a fresh process."""
-    out = {}
+def bench_memory(args: argparse.Namespace, argv: list[str]) -> dict[str, dict[str, float]]:
+    """Peak memory of a few training steps, each variant in a fresh process, and the bytes its frozen
+    weights occupy as stored (what a 4-bit base saves): {"peak_memory_mb": {variant: MB},
+    "frozen_weights_mb": {variant: MB}}. `argv`: the bench's own arguments, which each child repeats."""
+    out = {"peak_memory_mb": {}, "frozen_weights_mb": {}}
     for variant in train_variants(args):
-        cmd = [sys.executable, "-m", "lora_lab.bench", *sys.argv[1:], "--memory-child", variant]
+        cmd = [sys.executable, "-m", "lora_lab.bench", *argv, "--memory-child", variant]
         child = subprocess.run(cmd, capture_output=True, text=True, check=True)
-        out[variant] = json.loads(child.stdout.strip().splitlines()[-1])["peak_memory_mb"]
+        for key, mb in json.loads(child.stdout.strip().splitlines()[-1]).items():
+            out[key][variant] = mb
     return out
 
 
@@ -174,10 +177,15 @@ def memory_child(args: argparse.Namespace, device: torch.device) -> None:
     model = build(args, args.memory_child)[0].to(device).train()
     optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-5)
     batch = fake_batch(model, args, device)
+    if device.type == "cpu" and sys.platform == "linux":
+        # Hand the full-precision weights that quantisation freed back to the OS, so the peak that starts
+        # here is the quantised model's, not the allocator's leftovers.
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
     reset_peak_memory(device)
     for _ in range(3):
         train_step(model, batch, optimizer, GRAD_CLIP, device, args.precision)
-    print(json.dumps({"peak_memory_mb": peak_memory_mb(device)}))
+    frozen = params.frozen_bytes(model) / 2**20
+    print(json.dumps({"peak_memory_mb": peak_memory_mb(device), "frozen_weights_mb": frozen}))
 
 
 def bench_e2e(args: argparse.Namespace) -> dict:
@@ -282,11 +290,12 @@ def report(result: dict, args: argparse.Namespace) -> str:
     for variant, seconds in infer.items():
         lines.append(f"  {variant:<37} {1000 * seconds:8.1f} ms   {seconds / infer['base']:5.2f} x base")
     if "peak_memory_mb" in result:
-        mem = result["peak_memory_mb"]
-        lines.append("peak memory of a training step (fresh process each)")
+        mem, frozen = result["peak_memory_mb"], result.get("frozen_weights_mb", {})
+        lines.append("peak memory of a training step (fresh process each); frozen weights as stored")
         ref = "full" if "full" in mem else "floor"
         for variant, mb in mem.items():
-            lines.append(f"  {variant:<28} {mb:8.0f} MB   {mb / mem[ref]:5.2f} x {ref}")
+            weights = f"   frozen {frozen[variant]:7.1f} MB" if variant in frozen else ""
+            lines.append(f"  {variant:<28} {mb:8.0f} MB   {mb / mem[ref]:5.2f} x {ref}{weights}")
     return "\n".join(lines)
 
 
@@ -339,6 +348,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument(
         "--out", type=Path, help="JSON file (default: results/bench/<model>_<device>_b<batch>_s<seq>.json)"
     )
+    argv = sys.argv[1:] if argv is None else argv
     args = parser.parse_args(argv)
     models.quiet_libraries()
     if args.threads:
@@ -364,7 +374,7 @@ def main(argv: list[str] | None = None) -> None:
         result["train_step_s"] = bench_training(args, device)
         result["inference_s"] = bench_inference(args, device)
         if args.memory:
-            result["peak_memory_mb"] = bench_memory(args)
+            result.update(bench_memory(args, argv))
     print(report(result, args))
     kind = (
         f"e2e_n{args.train_size}_{args.precision}"

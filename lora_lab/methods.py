@@ -140,12 +140,12 @@ class LoRA(Method):
     def label(self, cfg: DictConfig) -> str:
         targets = cfg.method.targets
         name = TARGET_LABELS.get(targets, targets if isinstance(targets, str) else "+".join(targets))
-        variant = ", ".join(_variants(cfg))
+        variant = ", ".join(label for label, _ in _variants(cfg))
         return f"{name} (r={cfg.rank}{', ' + variant if variant else ''})"
 
     def row(self, cfg: DictConfig) -> str:
         targets = cfg.method.targets if isinstance(cfg.method.targets, str) else "custom"
-        variant = "".join(f"_{v.lower().replace('+', 'plus')}" for v in _variants(cfg))
+        variant = "".join(f"_{slug}" for _, slug in _variants(cfg))
         return f"{targets}_r{cfg.rank}{variant}"
 
     def save(self, model: nn.Module, path: Path, base_name: str) -> Path:
@@ -159,14 +159,16 @@ class LoRA(Method):
         return _peft_merge(model) if _is_peft(model) else lora.merge(model)
 
 
-def _variants(cfg: DictConfig) -> list[str]:
-    """The named LoRA variants a config turns on, for its label and run name."""
+def _variants(cfg: DictConfig) -> list[tuple[str, str]]:
+    """The named LoRA variants a config turns on, as (label, run-name part); QLoRA is LoRA on an NF4 base."""
     settings = lora_settings(cfg)
-    names = {"pissa": ["PiSSA"], "olora": ["OLoRA"]}.get(settings.init, [])
+    names = {"pissa": [("PiSSA", "pissa")], "olora": [("OLoRA", "olora")]}.get(settings.init, [])
     if settings.use_dora:
-        names.append("DoRA")
+        names.append(("DoRA", "dora"))
     if cfg.get("lora_plus_ratio"):
-        names.append("LoRA+")
+        names.append(("LoRA+", "loraplus"))
+    if cfg.get("quant"):
+        names.append((f"{cfg.quant.upper()} base", cfg.quant))
     return names
 
 

@@ -36,6 +36,17 @@ def numel(p: torch.Tensor) -> int:
     return math.prod(quant_state.shape) if quant_state is not None else p.numel()
 
 
+def frozen_bytes(model: nn.Module) -> int:
+    """Bytes the weights that do not train occupy as stored: a 4-bit base counts its packed weights and
+    their quantisation constants (all in its state dict), each shared tensor once."""
+    training = {p.data_ptr() for p in model.parameters() if p.requires_grad}
+    seen = {}
+    for tensor in model.state_dict().values():
+        if tensor.data_ptr() not in training:
+            seen[(tensor.data_ptr(), tensor.nbytes)] = tensor.nbytes
+    return sum(seen.values())
+
+
 def row_counts(overrides: Sequence[str] = (), experiment: str = "imdb_ablation") -> list[dict]:
     """One dict per row of `experiment` (the reference's seven by default): label and (trainable,
     total_base) for ours and for PEFT."""

@@ -5,11 +5,12 @@ from __future__ import annotations
 import argparse
 import json
 
+import pytest
 import torch
 from conftest import requires_assets
 
 from lora_lab import bench
-from lora_lab.params import count
+from lora_lab.params import count, frozen_bytes
 
 ARGS = argparse.Namespace(
     model="tiny_bert",
@@ -63,3 +64,32 @@ def test_bench_command_writes_every_variant(tmp_path) -> None:
     merged = {f"{v} merged" for v in variants if v.endswith(("qv_r8", "ia3"))}  # LoRA and IA3 fold in
     assert set(result["inference_s"]) == {"base", *(f"{v} unmerged" for v in variants), *merged}
     assert all(t > 0 for t in result["train_step_s"].values())
+
+
+def test_frozen_bytes_count_a_4bit_base_as_packed_weights_and_scales() -> None:
+    pytest.importorskip("bitsandbytes")
+    args = argparse.Namespace(**{**vars(ARGS), "model": "tiny_llama"})
+    lora, _ = bench.build(args, "ours:attn_ffn_r8")
+    qlora, _ = bench.build(args, "ours:qlora_attn_ffn_r8")
+    frozen = [p for p in lora.parameters() if not p.requires_grad]
+    assert frozen_bytes(lora) == sum(4 * p.numel() for p in frozen)  # fp32, nothing quantised
+    linears = sum(m.base_layer.weight.numel() for _, m in lora.named_modules() if hasattr(m, "lora_A"))
+    layers = sum(1 for _, m in lora.named_modules() if hasattr(m, "lora_A"))
+    saved = frozen_bytes(lora) - frozen_bytes(qlora)
+    # Each fp32 weight (4 bytes) becomes half a byte plus its share of the block scales (under 1/16 byte
+    # with double quantisation), plus a few hundred bytes of constants per layer.
+    assert 4 * linears - linears / 2 - linears / 16 - 1024 * layers < saved < 4 * linears - linears / 2
+
+
+def test_memory_bench_measures_qlora_beside_the_float_floor_in_fresh_processes(tmp_path) -> None:
+    pytest.importorskip("bitsandbytes")
+    out = tmp_path / "bench.json"
+    argv = ["--model", "tiny_llama", "--batch", "2", "--seq", "16", "--rounds", "1", "--warmup", "0"]
+    bench.main([*argv, "--methods", "qlora_attn_ffn_r8", "--memory", "--out", str(out)])
+    result = json.loads(out.read_text())
+    variants = {"floor", "ours:qlora_attn_ffn_r8", "peft:qlora_attn_ffn_r8"}
+    assert set(result["peak_memory_mb"]) == set(result["frozen_weights_mb"]) == variants
+    frozen = result["frozen_weights_mb"]
+    assert frozen["ours:qlora_attn_ffn_r8"] < frozen["floor"]  # the floor's base stays in fp32
+    assert frozen["ours:qlora_attn_ffn_r8"] == pytest.approx(frozen["peft:qlora_attn_ffn_r8"], rel=1e-3)
+    assert "ours:qlora_attn_ffn_r8 merged" not in result["inference_s"]  # a 4-bit base is not merged into

@@ -176,6 +176,11 @@ def test_variant_rows_are_named_for_what_they_run() -> None:
         "All Attention+FFN (r=8)",
         "attn_ffn_r8",
     )
+    qlora = compose(["method=qlora_attn_ffn_r8"])
+    assert (methods.row_label(qlora), methods.of(qlora).row(qlora)) == (
+        "All Attention+FFN (r=8, NF4 base)",
+        "attn_ffn_r8_nf4",
+    )
 
 
 def test_peft_model_for_a_variant_is_built_from_our_settings() -> None:
