@@ -78,7 +78,7 @@ def test_the_learning_rate_setting_a_row_answers_to() -> None:
     assert methods.lr_setting(config.compose(["method=qv_r8", "method.lr=1e-3"])) == "method.lr"
 
 
-@pytest.mark.parametrize("experiment", ["imdb_cpu", "imdb_methods_cpu"])
+@pytest.mark.parametrize("experiment", ["imdb_cpu", "imdb_methods_cpu", "imdb_llm_cpu"])
 def test_every_claim_names_a_row_its_study_sweeps(experiment: str) -> None:
     cfg = compose_with_hydra([f"experiment={experiment}"])
     rows = config.sweep_rows(experiment)
