@@ -137,7 +137,11 @@ class Encoded:
 
 
 def tokenize(
-    frame: pd.DataFrame, tokenizer: PreTrainedTokenizerBase, max_length: int, cache_dir: str | Path
+    frame: pd.DataFrame,
+    tokenizer: PreTrainedTokenizerBase,
+    max_length: int,
+    cache_dir: str | Path,
+    progress: bool = True,
 ) -> Encoded:
     """Token ids for `frame`, from the on-disk cache when this exact tokenisation was done before."""
     digest = hashlib.sha256()
@@ -153,7 +157,8 @@ def tokenize(
         return Encoded(**torch.load(path), example_ids=example_ids)
     texts = frame["text"].tolist()
     pieces = []
-    for start in tqdm(range(0, len(texts), 1000), desc="tokenising", unit="k reviews", leave=False):
+    chunks = range(0, len(texts), 1000)
+    for start in tqdm(chunks, desc="tokenising", unit="k reviews", leave=False, disable=not progress):
         out = tokenizer(texts[start : start + 1000], truncation=True, max_length=max_length)
         pieces += out["input_ids"]
     lengths = torch.tensor([len(p) for p in pieces])
@@ -168,13 +173,15 @@ def tokenize(
     return dataclasses.replace(encoded, example_ids=example_ids)
 
 
-def load_splits(cfg: DictConfig, tokenizer: PreTrainedTokenizerBase, seed: int) -> tuple[Encoded, Encoded]:
+def load_splits(
+    cfg: DictConfig, tokenizer: PreTrainedTokenizerBase, seed: int, progress: bool = True
+) -> tuple[Encoded, Encoded]:
     """The training and evaluation sets of a run: IMDB's train and test splits, subset and tokenised. The
     training subset follows the run's seed; the evaluation subset follows `data.eval_seed`, so every seed of
     a study is scored on the same reviews and runs can be compared example by example."""
     frames = load_imdb(cfg)
     return tuple(
-        tokenize(subset(frames[split], cfg[key], s, key), tokenizer, cfg.max_length, cfg.cache_dir)
+        tokenize(subset(frames[split], cfg[key], s, key), tokenizer, cfg.max_length, cfg.cache_dir, progress)
         for split, key, s in (("train", "train_size", seed), ("test", "eval_size", cfg.eval_seed))
     )
 

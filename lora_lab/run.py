@@ -65,7 +65,7 @@ def run(cfg: DictConfig) -> dict | None:
         quant.quantize_nf4(model, cfg.double_quant, on_cuda=device.type == "cuda")
     model = methods.prepare(model, cfg)
     trainable, total = params.count(model)
-    train_set, eval_set = data.load_splits(cfg.data, tokenizer, cfg.seed)
+    train_set, eval_set = data.load_splits(cfg.data, tokenizer, cfg.seed, cfg.trainer.progress)
     method = methods.of(cfg)
     label = method.label(cfg)
     impl = method.impl(cfg)

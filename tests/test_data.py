@@ -143,3 +143,12 @@ def test_eval_batches_are_length_sorted_and_padding_side_is_respected() -> None:
     [left] = list(data.batches(enc, 8, pad_id=0, shuffle=False, pad_left=True))
     assert left["input_ids"].tolist() == [[1, 2, 3, 4, 5], [0, 0, 1, 2, 3], [0, 0, 0, 1, 2]]
     assert left["attention_mask"].tolist()[2] == [0, 0, 0, 1, 1]
+
+
+@requires_assets
+def test_progress_false_keeps_tokenisation_quiet(tmp_path, capsys) -> None:
+    tokenizer = AutoTokenizer.from_pretrained(MINILM)
+    data.tokenize(frame(5, 5), tokenizer, 16, tmp_path / "quiet", progress=False)
+    assert capsys.readouterr().err == ""
+    data.tokenize(frame(5, 5), tokenizer, 16, tmp_path / "shown")
+    assert "tokenising" in capsys.readouterr().err
