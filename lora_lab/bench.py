@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import argparse
 import copy
-import ctypes
 import json
 import os
 import statistics
@@ -177,10 +176,6 @@ def memory_child(args: argparse.Namespace, device: torch.device) -> None:
     model = build(args, args.memory_child)[0].to(device).train()
     optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-5)
     batch = fake_batch(model, args, device)
-    if device.type == "cpu" and sys.platform == "linux":
-        # Hand the full-precision weights that quantisation freed back to the OS, so the peak that starts
-        # here is the quantised model's, not the allocator's leftovers.
-        ctypes.CDLL("libc.so.6").malloc_trim(0)
     reset_peak_memory(device)
     for _ in range(3):
         train_step(model, batch, optimizer, GRAD_CLIP, device, args.precision)

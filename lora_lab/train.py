@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ctypes
 import math
 import resource
 import sys
@@ -253,6 +254,9 @@ def reset_peak_memory(device: torch.device) -> None:
         torch.cuda.reset_peak_memory_stats(device)
         return
     try:  # Linux: "5" resets the process's peak resident set (VmHWM)
+        # First hand freed memory back to the OS (glibc keeps it otherwise), or the new peak would start
+        # from whatever loading left behind, e.g. the full-precision weights a 4-bit base replaced.
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
         Path("/proc/self/clear_refs").write_text("5")
     except OSError:
         pass  # elsewhere the peak covers the whole process

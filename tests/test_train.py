@@ -44,8 +44,11 @@ def test_evaluate_accuracy_and_macro_f1() -> None:
 PEAK_CHILD = """
 import torch
 from lora_lab.train import peak_memory_mb, reset_peak_memory
-big = torch.ones(100_000_000)  # 400 MB touched
-del big
+# 384 MB in 64 KB tensors: glibc keeps chunks this small on its heap after they are freed, so the reset
+# must hand them back to the OS before it starts the new peak (one big tensor would be unmapped anyway).
+chunks = [torch.ones(16_000) for _ in range(6_000)]
+keep = chunks[-1]  # the last chunk stays live, so the heap's top cannot shrink on its own
+del chunks
 high = peak_memory_mb(torch.device("cpu"))
 reset_peak_memory(torch.device("cpu"))
 print(high, peak_memory_mb(torch.device("cpu")))
