@@ -6,8 +6,8 @@ import pandas as pd
 import pytest
 from hydra import compose, initialize_config_dir
 
-from lora_lab import config, methods
-from lora_lab.analysis import findings
+from lora_lab import config, methods, store
+from lora_lab.analysis import findings, runs
 
 
 def compose_with_hydra(overrides: list[str]):
@@ -81,8 +81,24 @@ def test_the_learning_rate_setting_a_row_answers_to() -> None:
 @pytest.mark.parametrize("experiment", ["imdb_cpu", "imdb_methods_cpu", "imdb_llm_cpu"])
 def test_every_claim_names_a_row_its_study_sweeps(experiment: str) -> None:
     cfg = compose_with_hydra([f"experiment={experiment}"])
-    rows = config.sweep_rows(experiment)
-    labels = {methods.row_label(config.compose([f"experiment={experiment}", f"method={r}"])) for r in rows}
+    records = []
+    for row in config.sweep_rows(experiment):
+        run = config.compose([f"experiment={experiment}", f"method={row}"])
+        method = methods.of(run)
+        records.append(
+            store.Record(
+                name=row,
+                experiment=run.experiment_name,
+                label=method.label(run),
+                method=run.method.kind,
+                seed=0,
+                model=run.model.name,
+                config=store.resolved(run),
+                status="complete",
+                impl=method.impl(run),
+            )
+        )
+    names = set(runs.frame(records, experiment)["configuration"])  # as the analysis names the rows
     claims = findings.load_claims(cfg.experiment_name)
     named = {
         args[k]
@@ -92,4 +108,4 @@ def test_every_claim_names_a_row_its_study_sweeps(experiment: str) -> None:
         for k in "ab"
         if k in args
     }
-    assert named and named <= labels, named - labels
+    assert named and named <= names, (named - names, names)
