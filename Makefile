@@ -12,8 +12,8 @@ export LORA_LAB_ASSETS ?= $(abspath ../shared)
 	touch $@
 
 test: .venv/installed
-	$(PY) -m ruff check lora_lab tests experiments
-	$(PY) -m ruff format --check lora_lab tests experiments
+	$(PY) -m ruff check lora_lab tests experiments notebooks
+	$(PY) -m ruff format --check lora_lab tests experiments notebooks
 	$(PY) -m pytest -q tests
 
 demo: .venv/installed

@@ -36,6 +36,14 @@ def check(cfg: DictConfig) -> None:
         require(ok, f"data.{key}", cfg[key], "a whole number of examples >= 1, or null for the whole split")
     require(is_int(cfg.max_length) and cfg.max_length >= 2, "data.max_length", cfg.max_length, "tokens >= 2")
     require(is_int(cfg.eval_seed) and cfg.eval_seed >= 0, "data.eval_seed", cfg.eval_seed, "an integer >= 0")
+    split = cfg.get("eval_split")
+    require(split in (None, "dev"), "data.eval_split", split, "null (the test split) or dev")
+    require(
+        split is None or cfg.eval_size is not None,
+        "data.eval_size",
+        cfg.eval_size,
+        "a number of reviews to hold out of the train split with data.eval_split=dev",
+    )
 
 
 def load_imdb(cfg: DictConfig) -> dict[str, pd.DataFrame]:
@@ -176,14 +184,20 @@ def tokenize(
 def load_splits(
     cfg: DictConfig, tokenizer: PreTrainedTokenizerBase, seed: int, progress: bool = True
 ) -> tuple[Encoded, Encoded]:
-    """The training and evaluation sets of a run: IMDB's train and test splits, subset and tokenised. The
-    training subset follows the run's seed; the evaluation subset follows `data.eval_seed`, so every seed of
-    a study is scored on the same reviews and runs can be compared example by example."""
+    """The training and evaluation sets of a run, subset and tokenised. The training subset follows the run's
+    seed; the evaluation subset follows `data.eval_seed`, so every seed of a study is scored on the same
+    reviews and runs can be compared example by example. The evaluation set is IMDB's test split, or with
+    `data.eval_split=dev` reviews held out of the train split (the training subset is drawn from the rest),
+    so hyperparameters can be tuned without looking at the test split."""
     frames = load_imdb(cfg)
-    return tuple(
-        tokenize(subset(frames[split], cfg[key], s, key), tokenizer, cfg.max_length, cfg.cache_dir, progress)
-        for split, key, s in (("train", "train_size", seed), ("test", "eval_size", cfg.eval_seed))
-    )
+    train = frames["train"]
+    if cfg.get("eval_split") == "dev":
+        evaluation = subset(train, cfg.eval_size, cfg.eval_seed, "eval_size")
+        train = train[~train["example_id"].isin(evaluation["example_id"])].reset_index(drop=True)
+    else:
+        evaluation = subset(frames["test"], cfg.eval_size, cfg.eval_seed, "eval_size")
+    train = subset(train, cfg.train_size, seed, "train_size")
+    return tuple(tokenize(f, tokenizer, cfg.max_length, cfg.cache_dir, progress) for f in (train, evaluation))
 
 
 def _tokenizer_fingerprint(tokenizer: PreTrainedTokenizerBase) -> str:

@@ -86,6 +86,37 @@ def test_offline_mode_reads_the_cache_and_says_what_was_tried(tmp_path) -> None:
 
 
 @requires_assets
+def test_dev_split_holds_reviews_out_of_training_and_leaves_test_alone(tmp_path) -> None:
+    folder = tmp_path / "imdb"
+    folder.mkdir()
+    train = frame(60, 60).assign(text=lambda f: "train " + f["text"])
+    train.to_parquet(folder / "train.parquet")
+    frame(30, 30).assign(text=lambda f: "test " + f["text"]).to_parquet(folder / "test.parquet")
+    tokenizer = AutoTokenizer.from_pretrained(MINILM)
+    settings = {"source": str(folder), "local": None, "train_size": None, "eval_size": 20, "eval_seed": 0}
+    settings |= {"max_length": 16, "cache_dir": str(tmp_path / "cache")}
+
+    def splits(**changes: object) -> tuple[list[str], list[str]]:
+        cfg = OmegaConf.create(settings | changes)
+        data.check(cfg)
+        return tuple(
+            tokenizer.batch_decode([s.ids[s.offsets[i] : s.offsets[i + 1]] for i in range(len(s))])
+            for s in data.load_splits(cfg, tokenizer, seed=0, progress=False)
+        )
+
+    fit, test = splits()
+    assert len(fit) == 120 and len(test) == 20 and all("] test review" in t for t in test)
+    fit, dev = splits(eval_split="dev")
+    assert len(fit) == 100 and len(dev) == 20 and not set(fit) & set(dev)
+    assert set(fit) | set(dev) == set(splits()[0]) and all("] train review" in t for t in dev)
+    assert splits(eval_split="dev", eval_seed=1)[1] != dev
+    with pytest.raises(ValueError, match="data.eval_size=None is not allowed; use a number of reviews"):
+        splits(eval_split="dev", eval_size=None)
+    with pytest.raises(ValueError, match="data.eval_split='val' is not allowed; use null"):
+        splits(eval_split="val")
+
+
+@requires_assets
 def test_tokenisation_is_cached_across_tokenizer_state(tmp_path) -> None:
     df = frame(20, 20)
     tokenizer = AutoTokenizer.from_pretrained(MINILM)
