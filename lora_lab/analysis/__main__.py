@@ -56,7 +56,7 @@ def main(argv: list[str] | None = None) -> None:
     plot(table, args.results, title=title)
     written += [f"{args.results}/acc_vs_params.png/.pdf"]
     if latency is not None:
-        plot(latency, args.results, title=f"{title}; latency: {Path(args.latency).name}", x="latency_x_base")
+        plot(latency, args.results, title=f"{title}\nlatency: {Path(args.latency).name}", x="latency_x_base")
         written += [f"{args.results}/acc_vs_latency.png/.pdf"]
     if findings is not None:
         print(findings_module.to_markdown(findings))

@@ -59,10 +59,10 @@ def plot(
         ax.set_xscale("log")
     ax.set_xlabel(xlabel)
     ax.set_ylabel("accuracy (%), 95% CI")
-    ax.set_title(title)
+    ax.set_title(title, fontsize=10)
     ax.grid(alpha=0.3, which="both", lw=0.5)
     ax.margins(x=0.08, y=0.08)
-    fig.subplots_adjust(left=0.08, right=0.66, bottom=0.22, top=0.92)
+    fig.subplots_adjust(left=0.08, right=0.66, bottom=0.22, top=0.89)
     _label_points(ax, table, x)  # last: it places labels in the final coordinates
     ax.legend(loc="upper center", bbox_to_anchor=(0.5, -0.13), ncol=2, fontsize=8, frameon=False)
     if out is not None:
