@@ -70,7 +70,7 @@ def run(cfg: DictConfig) -> dict | None:
     label = method.label(cfg)
     impl = method.impl(cfg)
     print(
-        f"[lora-lab] {name}: {label}, impl={impl}, trainable {trainable:,} of {total:,} "
+        f"[lora-lab] {name}: {label}, impl={impl or 'none'}, trainable {trainable:,} of {total:,} "
         f"({100 * trainable / total:.2f}%), {len(train_set)} train / {len(eval_set)} eval examples"
     )
 
