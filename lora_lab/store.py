@@ -42,6 +42,7 @@ NOT_IDENTITY = (
     "data.local",
     "model.local",
     "model.tokenizer.local",
+    "head_lr",  # an alias: it reaches the identity as the head-only row's method.lr, which keeps old names
 )
 LIBRARIES = ("torch", "transformers", "peft", "datasets", "hydra-core")
 

@@ -188,6 +188,7 @@ BAD_INPUT = [  # (overrides, what the one line must say)
     (["impl=foo"], "impl='foo' is not one of"),
     (["seed=-1"], "seed=-1 is not allowed; use an integer in [0, 2**32)"),
     (["lora_lr=-1"], "lora_lr=-1 is not allowed; use a learning rate > 0"),
+    (["method=head_only", "head_lr=-1"], "head_lr=-1 is not allowed; use a learning rate > 0"),
     (["method=full", "method.lr=0"], "method.lr=0 is not allowed; use a learning rate > 0"),
     (["trainer.epochs=0"], "trainer.epochs=0 is not allowed; use a whole number >= 1"),
     (["trainer.max_steps=0"], "trainer.max_steps=0 is not allowed"),

@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import itertools
+
+from omegaconf import OmegaConf
+
 from lora_lab import config, store
 
 
@@ -15,6 +19,8 @@ def test_lora_settings_do_not_split_head_only_and_full_runs() -> None:
             f"method={row}", "impl=peft", "rank=16", "dropout=0"
         )
         assert name(f"method={row}").startswith(f"{row}-none-seed0-")
+    assert name("method=head_only", "head_lr=1e-2") == name("method=head_only", "method.lr=1e-2")
+    assert name("method=head_only", "head_lr=1e-2") != name("method=head_only")
 
 
 def test_lora_runs_differ_by_impl_rank_seed_and_data_but_not_by_display_settings() -> None:
@@ -60,3 +66,20 @@ def test_config_id_is_shared_by_seeds_only() -> None:
         status="complete",
     )
     assert record.id_of_config() == store.config_id(cfg)  # computed from the stored config alike
+
+
+def test_each_studys_committed_records_keep_the_names_its_sweep_composes() -> None:
+    """A change to the configs or the identity that would make a study rerun its finished runs fails here."""
+    checked = 0
+    for path in sorted((config.CONF_DIR / "experiment").glob("*.yaml")):
+        experiment = OmegaConf.load(path)
+        runs = config.CONF_DIR.parent / "results" / experiment.experiment_name / "runs"
+        committed = {p.stem for p in runs.glob("*.json")}
+        if not committed:
+            continue
+        sweep = experiment.hydra.sweeper.params
+        axes = [[f"{key}={v}" for v in str(values).split(",")] for key, values in sweep.items()]
+        grid = itertools.product(*axes)
+        assert committed <= {name(f"experiment={path.stem}", *point) for point in grid}, path.stem
+        checked += 1
+    assert checked >= 2  # imdb_cpu's and imdb_methods_cpu's records are committed
