@@ -101,6 +101,23 @@ def test_seeds_give_a_t_interval_and_one_seed_a_bootstrap_one(tmp_path) -> None:
     assert "| Q+V (r=8) | ours | 800 | 1.00% | 91.00% | [" in analysis.table.to_markdown(table)
 
 
+def test_a_t_interval_stops_at_the_ends_of_the_accuracy_scale() -> None:
+    mean, low, high, method = stats.t_interval(np.array([50.0, 84.0, 83.0]))  # one seed collapsed
+    half = 4.302653 * np.std([50.0, 84.0, 83.0], ddof=1) / np.sqrt(3)
+    assert (mean, low, high) == (
+        pytest.approx(72.3333, abs=1e-4),
+        pytest.approx(72.3333 - half, abs=1e-4),
+        100.0,
+    )
+    assert method == "t over 3 seeds, cut at 0/100"
+    # mean 2, sd sqrt(12): half-width 4.302653 * sqrt(12) / sqrt(3) = 8.6053, so the low end is cut at 0
+    assert stats.t_interval(np.array([0.0, 0.0, 6.0]))[1:] == (
+        0.0,
+        pytest.approx(2 + 8.6053, abs=1e-4),
+        "t over 3 seeds, cut at 0/100",
+    )
+
+
 def test_configurations_differing_in_one_setting_stay_apart(tmp_path) -> None:
     synthetic(tmp_path, "Q+V (r=8)", "ours", 0, 0.90, lora_lr=1e-3)
     synthetic(tmp_path, "Q+V (r=8)", "ours", 1, 0.91, lora_lr=1e-3)

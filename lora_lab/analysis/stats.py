@@ -39,10 +39,13 @@ def accuracy_ci(correct: pd.DataFrame) -> tuple[float, float, float, str]:
 
 
 def t_interval(per_seed: np.ndarray) -> tuple[float, float, float, str]:
-    """(mean, low, high, method) of per-seed accuracies: Student t with n - 1 degrees of freedom."""
+    """(mean, low, high, method) of per-seed accuracies in percent: Student t with n - 1 degrees of freedom,
+    cut to [0, 100], where an accuracy lies (one collapsed seed among three otherwise reaches past 100%)."""
     n, mean = len(per_seed), float(np.mean(per_seed))
     half = stats.t.ppf((1 + LEVEL) / 2, n - 1) * np.std(per_seed, ddof=1) / math.sqrt(n)
-    return mean, mean - half, mean + half, f"t over {n} seeds"
+    low, high = max(mean - half, 0.0), min(mean + half, 100.0)
+    cut = ", cut at 0/100" if (low, high) != (mean - half, mean + half) else ""
+    return mean, low, high, f"t over {n} seeds{cut}"
 
 
 @dataclass
