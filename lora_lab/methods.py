@@ -344,7 +344,7 @@ def check(cfg: DictConfig) -> None:
 
 def lr_setting(cfg: DictConfig) -> str:
     """The setting a user changes to change this row's learning rate: the top-level one its file points to
-    (`lr: ${lora_lr}`, `${head_lr}`), else method.lr."""
+    (`lr: ${lora_lr}`, `${head_lr}`, `${full_lr}`), else method.lr."""
     if not OmegaConf.is_interpolation(cfg.method, "lr"):
         return "method.lr"
     return OmegaConf.to_container(cfg.method)["lr"].strip("${}")

@@ -42,7 +42,9 @@ NOT_IDENTITY = (
     "data.local",
     "model.local",
     "model.tokenizer.local",
-    "head_lr",  # an alias: it reaches the identity as the head-only row's method.lr, which keeps old names
+    # aliases: each reaches the identity as its row's method.lr, keeping the names of runs made before it
+    "head_lr",
+    "full_lr",
 )
 LIBRARIES = ("torch", "transformers", "peft", "datasets", "hydra-core")
 

@@ -77,7 +77,8 @@ def test_llm_experiment_is_qlora_without_full_fine_tuning() -> None:
 def test_the_learning_rate_setting_a_row_answers_to() -> None:
     assert methods.lr_setting(config.compose(["method=qv_r8"])) == "lora_lr"
     assert methods.lr_setting(config.compose(["method=head_only"])) == "head_lr"
-    assert methods.lr_setting(config.compose(["method=full"])) == "method.lr"
+    assert methods.lr_setting(config.compose(["method=full"])) == "full_lr"
+    assert methods.lr_setting(config.compose(["method=pissa_attn_ffn_r8"])) == "method.lr"
     assert methods.lr_setting(config.compose(["method=qv_r8", "method.lr=1e-3"])) == "method.lr"
 
 

@@ -19,8 +19,9 @@ def test_lora_settings_do_not_split_head_only_and_full_runs() -> None:
             f"method={row}", "impl=peft", "rank=16", "dropout=0"
         )
         assert name(f"method={row}").startswith(f"{row}-none-seed0-")
-    assert name("method=head_only", "head_lr=1e-2") == name("method=head_only", "method.lr=1e-2")
-    assert name("method=head_only", "head_lr=1e-2") != name("method=head_only")
+    for row, alias in (("head_only", "head_lr"), ("full", "full_lr")):
+        assert name(f"method={row}", f"{alias}=1e-2") == name(f"method={row}", "method.lr=1e-2")
+        assert name(f"method={row}", f"{alias}=1e-2") != name(f"method={row}")
 
 
 def test_lora_runs_differ_by_impl_rank_seed_and_data_but_not_by_display_settings() -> None:
