@@ -3,6 +3,7 @@ drawn faintly."""
 
 from __future__ import annotations
 
+import textwrap
 from pathlib import Path
 
 import matplotlib.pyplot as plt
@@ -24,6 +25,7 @@ X_AXES = {  # column: (file stem, axis label, log scale)
     ),
 }
 LABEL_GAP_PT = 11  # vertical distance between labels in the column right of the axes
+CLAIM_LABEL_CHARS = 60  # claims wrap at this width so the forest plot keeps its axes
 VERDICT_COLORS = {"holds": "tab:green", "contradicted": "tab:red", "inconclusive": "tab:gray"}
 
 
@@ -123,10 +125,15 @@ def _label_points(ax: plt.Axes, table: pd.DataFrame, x: str) -> None:
 
 
 def plot_findings(findings: pd.DataFrame, out: str | Path | None = None, title: str = "") -> plt.Figure:
-    """A forest plot: one line per claim, its difference a - b with the 95% CI, the claim's threshold
-    (or equivalence margin) dashed, coloured by verdict; with `out`, also write findings.png."""
+    """A forest plot: one line per claim, its difference a - b with the 95% CI coloured by verdict, the
+    claim's threshold (or equivalence margin) marked |; with `out`, also write findings.png."""
     findings = findings.dropna(subset=["diff_pp"])  # claims whose rows have not run yet have no line
-    fig, ax = plt.subplots(figsize=(10, 0.45 * len(findings) + 1.6), dpi=150)
+    labels = [
+        textwrap.fill(f"{c} ({v})", CLAIM_LABEL_CHARS)
+        for c, v in zip(findings["claim"], findings["verdict"], strict=True)
+    ]
+    lines = sum(label.count("\n") + 1 for label in labels)
+    fig, ax = plt.subplots(figsize=(10, 0.2 * lines + 0.3 * len(findings) + 1.6), dpi=150)
     for i, r in enumerate(findings.itertuples(index=False)):
         y = len(findings) - 1 - i
         color = VERDICT_COLORS[r.verdict]
@@ -143,11 +150,7 @@ def plot_findings(findings: pd.DataFrame, out: str | Path | None = None, title: 
         if pd.notna(r.reference_pp):
             ax.scatter([r.reference_pp], [y], marker="x", color="0.4", zorder=3)
     ax.axvline(0, color="0.5", lw=0.8)
-    ax.set_yticks(
-        range(len(findings)),
-        [f"{c} ({v})" for c, v in zip(findings["claim"], findings["verdict"], strict=True)][::-1],
-        fontsize=8,
-    )
+    ax.set_yticks(range(len(findings)), labels[::-1], fontsize=8)
     ax.set_xlabel(
         "accuracy difference a - b (pp)\ndot and bar: ours with its 95% CI; x: the reference's; |: threshold",
         fontsize=8,
