@@ -126,6 +126,7 @@ def run(cfg: DictConfig) -> dict | None:
         ids = eval_set.example_ids or [str(i) for i in range(len(eval_set))]
         frame = pd.DataFrame({"example_id": ids, "label": eval_set.labels.numpy(), **predictions})
         record["predictions"] = store.write_predictions(path, frame)
+        record["collapsed"] = store.collapse(frame["pred"], frame["label"])
     store.write(path, store.Record(**record))
     result = f"accuracy {record['accuracy']:.4f}" if record["status"] == "complete" else record["reason"]
     print(f"[lora-lab] {name}: {record['status']}: {result} -> {path}")

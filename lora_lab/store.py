@@ -20,9 +20,11 @@ from functools import cache
 from importlib.metadata import version
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 import torch
 from omegaconf import DictConfig, OmegaConf
+from scipy import stats
 
 from lora_lab import methods
 from lora_lab.atomic import write_atomic, write_text_atomic
@@ -79,6 +81,7 @@ class Record:
     macro_f1: float | None = None
     eval_loss: float | None = None
     predictions: dict | None = None  # {"file": <name>.preds.parquet, "sha256": ...}
+    collapsed: str | None = None  # why the run counts as collapsed (store.collapse); None: it learned
     train_loss_curve: list | None = None
     steps: int | None = None
     train_wall_s: float | None = None
@@ -169,6 +172,23 @@ def write(path: Path, record: Record) -> Path:
 
 
 PREDICTIONS_SUFFIX = ".preds.parquet"
+ONE_CLASS_SHARE = 0.95  # predicting one label this often is "nearly one class"
+CHANCE_P = 0.01  # accuracy not above the majority label's share at this level is "at chance"
+
+
+def collapse(pred: np.ndarray, label: np.ndarray) -> str | None:
+    """Why a run's predictions say it did not learn: (nearly) one predicted class, or accuracy no better than
+    always answering the commoner label (one-sided binomial test); None when neither. Such a run is kept and
+    flagged, never dropped: how often a method collapses is a finding of its own."""
+    pred, label = np.asarray(pred), np.asarray(label)
+    top_share = max(np.mean(pred == c) for c in (0, 1))
+    if top_share >= ONE_CLASS_SHARE:
+        return f"predicts one class for {100 * top_share:.1f}% of examples"
+    chance = max(np.mean(label == c) for c in (0, 1))
+    correct = int((pred == label).sum())
+    if stats.binomtest(correct, len(label), chance, alternative="greater").pvalue >= CHANCE_P:
+        return f"accuracy {100 * correct / len(label):.1f}% is at chance ({100 * chance:.1f}%)"
+    return None
 
 
 def write_predictions(record_path: Path, predictions: pd.DataFrame) -> dict:

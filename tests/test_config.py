@@ -104,14 +104,7 @@ def test_every_claim_names_a_row_its_study_sweeps(experiment: str) -> None:
         )
     names = set(runs.frame(records, experiment)["configuration"])  # as the analysis names the rows
     claims = findings.load_claims(cfg.experiment_name)
-    named = {
-        args[k]
-        for claim in claims
-        for args in claim.values()
-        if isinstance(args, dict)
-        for k in "ab"
-        if k in args
-    }
+    named = {label for claim in claims for label in (claim.a, claim.b) if label}
     assert named and named <= names, (named - names, names)
 
 

@@ -25,7 +25,9 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument(
         "--reference", help="CSV of reference numbers (default: experiments/<study>/reference.csv)"
     )
-    parser.add_argument("--claims", help="claims to check (default: experiments/<study>/claims.yaml)")
+    parser.add_argument(
+        "--claims", help="claims to check (default: experiments/<study>/claims.yaml); `none`: check none"
+    )
     parser.add_argument(
         "--latency", help="a `python -m lora_lab.bench` JSON: also plot accuracy against inference latency"
     )
@@ -45,7 +47,7 @@ def main(argv: list[str] | None = None) -> None:
         latency = (
             add_latency(table, runs, json.loads(Path(args.latency).read_text())) if args.latency else None
         )
-        claims = findings_module.load_claims(experiment, args.claims)
+        claims = None if args.claims == "none" else findings_module.load_claims(experiment, args.claims)
         findings = findings_module.check(claims, table, correct) if claims and correct else None
     except (FileNotFoundError, ValueError) as err:
         sys.exit(f"error: {err}")
@@ -59,9 +61,11 @@ def main(argv: list[str] | None = None) -> None:
         plot(latency, args.results, title=f"{title}\nlatency: {Path(args.latency).name}", x="latency_x_base")
         written += [f"{args.results}/acc_vs_latency.png/.pdf"]
     if findings is not None:
-        print(findings_module.to_markdown(findings))
-        written += findings_module.write_findings(findings, args.results)
-        plot_findings(findings, args.results, title=f"{experiment}: claims, a - b with 95% CI")
+        print(findings_module.to_markdown(findings, table))
+        written += findings_module.write_findings(findings, table, args.results)
+        plot_findings(
+            findings, args.results, title=f"{experiment}: claims, a - b with the interval that decides"
+        )
         written += [f"{args.results}/findings.png"]
     print("wrote", ", ".join(str(p) for p in written))
 

@@ -1,205 +1,437 @@
 """A study's claims, checked against its runs: experiments/<study>/claims.yaml -> findings.md / findings.csv.
 
-Claims name rows of the table by label (and impl, default ours; head-only and full have none):
+Claims name rows of the table by label (and impl, default ours; head-only and full have none), one kind a
+class, as methods are:
   - better: {a, b}                  a's accuracy is above b's
   - at_least: {a, b, by_pp}         a's accuracy is above b's by more than by_pp points
-  - equivalent: {a, b, margin_pp}   |a - b| < margin_pp (two one-sided tests)
-  - impls_equivalent: {margin_pp}   ours and PEFT equivalent on every LoRA row (one claim per row)
+  - equivalent: {a, b, margin_pp}   |a - b| < margin_pp
+  - impls_equivalent: {margin_pp}   ours and PEFT equivalent on every row that has both (one claim per row)
 Each may give `reference_pp`, the reference's own difference, and `statement`, the words of the finding.
 
-Verdicts: `holds` when the claim's one-sided test rejects its null after Holm's adjustment across the study's
-claims (p < 0.05) and the 95% CI, which also resamples seeds, lies wholly on the claim's side (the test
-resamples examples only, so seed-to-seed variation must not undo it); `contradicted` when the 95% CI lies
-wholly on the wrong side of the claim's threshold (for equivalence: wholly outside the margin); `inconclusive`
-otherwise, with roughly how many test examples (and seeds) the observed effect would need (power 0.8).
+What decides: the training seed is the unit of replication. A claim pairs the seeds both rows ran, and the
+difference a - b gets the crossed (seeds x test examples) model of `stats`: seed-to-seed variance and test-set
+sampling together, Satterthwaite degrees of freedom. Over a study's K claims the level is Bonferroni's, 0.05/K
+a side, rather than Holm's, so that each claim's interval is exactly its test: the claim `holds` when its
+(1 - 0.1/K) interval lies wholly on its side of the threshold (inside the margin, for equivalence: TOST),
+is `contradicted` when it lies wholly on the other side, and is otherwise `inconclusive`, with the seeds a
+study would need for power 0.8 under the same test. A claim needs two seeds of both rows; with one there is
+no seed variance to weigh, and it stays inconclusive.
+
+Runs that collapsed (store.collapse) stay in: each claim they touch is shown again without them, marked, and
+outside the K; each row's collapse rate is reported as a finding of its own.
 """
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 from omegaconf import OmegaConf
+from scipy import stats as scipy_stats
 
 from lora_lab.analysis import stats
 from lora_lab.analysis.runs import NO_IMPL
 from lora_lab.atomic import write_text_atomic
 from lora_lab.config import EXPERIMENTS_DIR
 
-ALPHA = 0.05
-COLUMNS = [
-    "claim",
-    "kind",
-    "a",
-    "b",
-    "threshold_pp",
-    "reference_pp",
-    "diff_pp",
-    "ci_low",
-    "ci_high",
-    "p",
-    "examples",
-    "seed_pairs",
-]
-KINDS = ("better", "at_least", "equivalent", "impls_equivalent")
+ALPHA = 0.05  # family-wise, per side
+FULL_TEST_SET = 25_000  # IMDB's test split: the most test examples a plan can ask for
+WITHOUT_COLLAPSED = "without collapsed runs"
 
 
-def load_claims(experiment: str, path: str | Path | None = None) -> list[dict] | None:
-    """experiments/<study>/claims.yaml for an experiment named <study>/<variant>; None when there is none."""
+class Claim:
+    """Two rows, a threshold, and which side of it the claim says a - b lies on."""
+
+    two_sided = False  # the threshold bounds a - b on both sides (an equivalence margin)
+
+    def __init__(self, args: dict, statement: str | None = None, reference_pp: float | None = None) -> None:
+        self.a, self.b = args["a"], args["b"]
+        self.impl_a = args.get("impl", "ours")
+        self.impl_b = args.get("impl_b", self.impl_a)
+        self.statement = statement or self.default_statement()
+        self.reference_pp = reference_pp
+
+    def default_statement(self) -> str:
+        raise NotImplementedError
+
+    def expand(self, table: pd.DataFrame) -> list[Claim]:
+        """The claims to check: itself, or several (impls_equivalent: one per row)."""
+        return [self]
+
+    @property
+    def threshold_pp(self) -> float:
+        raise NotImplementedError
+
+    def p(self, diff: stats.Crossed) -> float:
+        """One-sided p-value of the claim's null."""
+        raise NotImplementedError
+
+    def verdict(self, low_pp: float, high_pp: float) -> str:
+        """From the deciding interval of a - b."""
+        raise NotImplementedError
+
+    def margin(self, diff_pp: float) -> float:
+        """How far an observed a - b lies on the claim's side of its boundary (pp; negative: the other)."""
+        raise NotImplementedError
+
+    def power(self, diff: stats.Crossed, alpha: float, seeds: int, examples: float) -> float:
+        """Chance of `holds` in a study of `seeds` x `examples` if the true a - b were the observed one."""
+        raise NotImplementedError
+
+
+class Beats(Claim):
+    """better: a - b > 0; at_least: a - b > by_pp."""
+
+    def __init__(self, args: dict, **kw) -> None:
+        self.by_pp = float(args.get("by_pp", 0.0))
+        super().__init__(args, **kw)
+
+    def default_statement(self) -> str:
+        return f"{self.a} beats {self.b}" + (f" by > {self.by_pp:g} pp" if self.by_pp else "")
+
+    @property
+    def threshold_pp(self) -> float:
+        return self.by_pp
+
+    def p(self, diff: stats.Crossed) -> float:
+        return diff.p_above(self.by_pp / 100)
+
+    def verdict(self, low_pp: float, high_pp: float) -> str:
+        return "holds" if low_pp > self.by_pp else "contradicted" if high_pp < self.by_pp else "inconclusive"
+
+    def margin(self, diff_pp: float) -> float:
+        return diff_pp - self.by_pp
+
+    def power(self, diff: stats.Crossed, alpha: float, seeds: int, examples: float) -> float:
+        return diff.power_one_sided(self.margin(100 * diff.mean) / 100, alpha, seeds, examples)
+
+
+class Equivalent(Claim):
+    """|a - b| < margin_pp, by two one-sided tests (TOST)."""
+
+    two_sided = True
+
+    def __init__(self, args: dict, **kw) -> None:
+        self.margin_pp = float(args["margin_pp"])
+        super().__init__(args, **kw)
+
+    def default_statement(self) -> str:
+        return f"{self.a} = {self.b} within {self.margin_pp:g} pp"
+
+    @property
+    def threshold_pp(self) -> float:
+        return self.margin_pp
+
+    def p(self, diff: stats.Crossed) -> float:
+        m = self.margin_pp / 100
+        return max(diff.p_above(-m), diff.p_below(m))
+
+    def verdict(self, low_pp: float, high_pp: float) -> str:
+        m = self.margin_pp
+        if -m < low_pp and high_pp < m:
+            return "holds"
+        return "contradicted" if low_pp > m or high_pp < -m else "inconclusive"
+
+    def margin(self, diff_pp: float) -> float:
+        return self.margin_pp - abs(diff_pp)
+
+    def power(self, diff: stats.Crossed, alpha: float, seeds: int, examples: float) -> float:
+        m = self.margin_pp / 100  # both one-sided tests must pass: P(A and B) >= P(A) + P(B) - 1
+        sides = [diff.power_one_sided(m + s * diff.mean, alpha, seeds, examples) for s in (1, -1)]
+        return max(0.0, sum(sides) - 1)
+
+
+class ImplsEquivalent(Equivalent):
+    """Ours = PEFT within margin_pp, on every row of the table that has both."""
+
+    def __init__(self, args: dict, **kw) -> None:
+        super().__init__({"a": None, "b": None, **args}, **kw)
+
+    def default_statement(self) -> str:
+        return f"ours = PEFT within {self.margin_pp:g} pp"
+
+    def expand(self, table: pd.DataFrame) -> list[Claim]:
+        labels = table.loc[table["impl"] == "ours", "configuration"]
+        both = [
+            label for label in labels if ((table["configuration"] == label) & (table["impl"] == "peft")).any()
+        ]
+        return [
+            Equivalent(
+                {"a": label, "b": label, "impl": "ours", "impl_b": "peft", "margin_pp": self.margin_pp},
+                statement=f"{label}: ours = PEFT within {self.margin_pp:g} pp",
+            )
+            for label in both
+        ]
+
+
+KINDS: dict[str, type[Claim]] = {
+    "better": Beats,
+    "at_least": Beats,
+    "equivalent": Equivalent,
+    "impls_equivalent": ImplsEquivalent,
+}
+
+
+def load_claims(experiment: str, path: str | Path | None = None) -> list[Claim] | None:
+    """The claims of experiments/<study>/claims.yaml for an experiment named <study>/<variant> (None when the
+    study has none), or of `path`, which must exist."""
+    if path is not None and not Path(path).is_file():
+        raise FileNotFoundError(f"--claims {path}: no such file; give a claims YAML file, or leave it out")
     path = Path(path) if path else EXPERIMENTS_DIR / experiment.split("/")[0] / "claims.yaml"
     if not path.is_file():
         return None
-    claims = OmegaConf.to_container(OmegaConf.load(path))["claims"]
-    for claim in claims:
-        kinds = [k for k in KINDS if k in claim]
-        if len(kinds) != 1:
-            raise ValueError(f"{path}: each claim needs exactly one of {KINDS}, got {sorted(claim)}")
-    return claims
-
-
-def check(claims: list[dict], table: pd.DataFrame, correct: dict[str, pd.DataFrame]) -> pd.DataFrame:
-    """One row per (expanded) claim: the difference, its CI, Holm-adjusted p and the verdict."""
-    rows = []
-    for claim in _expanded(claims, table):
-        kind, args = next((k, claim[k]) for k in KINDS if k in claim)
-        named = {"claim": _statement(claim, kind, args), "kind": kind, "a": args["a"], "b": args["b"]}
-        named["reference_pp"] = claim.get("reference_pp")
-        impl_a = args.get("impl", "ours")
-        a, b = _config(table, args["a"], impl_a), _config(table, args["b"], args.get("impl_b", impl_a))
-        if a not in correct or b not in correct:  # a sweep still under way, or records without predictions
-            rows.append(named)
-            continue
-        diff = stats.difference(correct[a], correct[b])
-        threshold = {"better": 0.0, "at_least": args.get("by_pp", 0.0)}.get(kind, args.get("margin_pp"))
-        if kind == "equivalent":
-            p = max(diff.p_greater(-threshold), diff.p_less(threshold))
-            wrong_side = diff.low > threshold or diff.high < -threshold
-            ci_agrees = -threshold < diff.low and diff.high < threshold
-            margin = threshold - abs(diff.diff)
-        else:
-            p = diff.p_greater(threshold)
-            wrong_side = diff.high < threshold
-            ci_agrees = diff.low > threshold
-            margin = diff.diff - threshold
-        needed_examples, needed_seeds = diff.needed(margin)
-        rows.append(
-            {
-                **named,
-                "threshold_pp": threshold,
-                "diff_pp": diff.diff,
-                "ci_low": diff.low,
-                "ci_high": diff.high,
-                "p": p,
-                "examples": diff.examples,
-                "seed_pairs": diff.seed_pairs,
-                "_wrong_side": wrong_side,
-                "_ci_agrees": ci_agrees,
-                "_needed": (needed_examples, needed_seeds),
-            }
-        )
-    findings = pd.DataFrame(rows, columns=[*COLUMNS, "_wrong_side", "_ci_agrees", "_needed"])
-    checked = findings["p"].notna()
-    findings["p_holm"] = float("nan")
-    if checked.any():
-        findings.loc[checked, "p_holm"] = stats.holm(findings.loc[checked, "p"].tolist())
-    findings["verdict"] = [
-        "not run"
-        if pd.isna(p)
-        else "holds"
-        if p < ALPHA and agrees
-        else "contradicted"
-        if wrong
-        else "inconclusive"
-        for p, agrees, wrong in zip(
-            findings["p_holm"], findings["_ci_agrees"], findings["_wrong_side"], strict=True
-        )
-    ]
-    findings["would_need"] = [
-        "its rows have no runs with predictions here"
-        if verdict == "not run"
-        else _need_text(*needed)
-        if verdict == "inconclusive"
-        else ""
-        for verdict, needed in zip(findings["verdict"], findings["_needed"], strict=True)
-    ]
-    return findings.drop(columns=["_wrong_side", "_ci_agrees", "_needed"])
-
-
-def _expanded(claims: list[dict], table: pd.DataFrame) -> list[dict]:
-    """impls_equivalent becomes one equivalent claim (ours vs PEFT) per LoRA row."""
-    out = []
-    for claim in claims:
-        if "impls_equivalent" not in claim:
-            out.append(claim)
-            continue
-        margin = claim["impls_equivalent"]["margin_pp"]
-        for label in table.loc[table["impl"] == "ours", "configuration"]:
-            if ((table["configuration"] == label) & (table["impl"] == "peft")).any():
-                args = {"a": label, "b": label, "impl": "ours", "impl_b": "peft", "margin_pp": margin}
-                out.append({"equivalent": args, "statement": f"{label}: ours = PEFT within {margin:g} pp"})
-    return out
-
-
-def _config(table: pd.DataFrame, label: str, impl: str) -> str | None:
-    """The config_id of the row named `label` (of `impl`, or its impl-less row: head-only, full); None when
-    the table has no such row."""
-    rows = table[(table["configuration"] == label) & table["impl"].isin([impl, NO_IMPL])]
-    if rows.empty:
-        return None
-    if len(rows) > 1:
-        found = sorted(table["configuration"].unique())
+    try:
+        specs = OmegaConf.to_container(OmegaConf.load(path))["claims"]
+    except Exception as err:  # YAML syntax, or no `claims:` list: say which file
         raise ValueError(
-            f"a claim names the row {label!r} (impl {impl}), found {len(rows)} times; the rows: {found}"
+            f"{path} is not a claims file ({type(err).__name__}: {err}); see {__name__}"
+        ) from None
+    return [parse(spec, path) for spec in specs]
+
+
+def parse(spec: dict, where: str | Path = "claims") -> Claim:
+    kinds = [k for k in KINDS if k in spec]
+    if len(kinds) != 1:
+        raise ValueError(f"{where}: each claim needs exactly one of {tuple(KINDS)}, got {sorted(spec)}")
+    args = spec[kinds[0]]
+    missing = [k for k in ("a", "b") if kinds[0] != "impls_equivalent" and k not in args]
+    missing += [k for k in ("margin_pp",) if "equivalent" in kinds[0] and k not in args]
+    if missing:
+        raise ValueError(f"{where}: the {kinds[0]} claim {args} lacks {', '.join(missing)}")
+    return KINDS[kinds[0]](args, statement=spec.get("statement"), reference_pp=spec.get("reference_pp"))
+
+
+def check(claims: list[Claim], table: pd.DataFrame, correct: dict[str, pd.DataFrame]) -> pd.DataFrame:
+    """One row per checked claim (and per claim re-checked without collapsed runs), with the verdict, the
+    deciding interval, the per-seed differences and the seeds a study would need."""
+    expanded = [c for claim in claims for c in claim.expand(table)]
+    collapsed = _collapsed_seeds(table)
+    cases = []  # (claim, variant, difference matrix or None, why not, collapsed runs)
+    for claim in expanded:
+        a, b = _config(table, claim.a, claim.impl_a), _config(table, claim.b, claim.impl_b)
+        if a not in correct or b not in correct:
+            cases.append((claim, "", None, "its runs kept no predictions", ""))
+            continue
+        seeds = sorted(set(correct[a].columns) & set(correct[b].columns))
+        hit = {s: rows for s in seeds if (rows := [r for r in (a, b) if s in collapsed.get(r, ())])}
+        shown = "; ".join(
+            f"seed {s}: {' and '.join(_row(table, r) for r in rows)}" for s, rows in hit.items()
+        )
+        cases.append((claim, "", _paired(correct[a], correct[b], seeds), None, shown))
+        if hit:
+            kept = [s for s in seeds if s not in hit]
+            cases.append((claim, WITHOUT_COLLAPSED, _paired(correct[a], correct[b], kept), None, ""))
+    family = sum(1 for _, variant, d, _, _ in cases if not variant and d is not None and d.shape[1] >= 2)
+    level = 1 - 2 * ALPHA / max(family, 1)
+    rows = [_row_of(claim, variant, d, why, shown, family, level) for claim, variant, d, why, shown in cases]
+    return pd.DataFrame(rows)
+
+
+def _paired(a: pd.DataFrame, b: pd.DataFrame, seeds: list) -> pd.DataFrame:
+    """a - b in correctness, per test example and shared seed."""
+    if set(a.index) != set(b.index):
+        raise ValueError("two rows of a claim were scored on different test examples; they cannot be paired")
+    return a[seeds] - b.loc[a.index, seeds]
+
+
+def _row_of(
+    claim: Claim, variant: str, d: pd.DataFrame | None, why: str | None, shown: str, family: int, level: float
+) -> dict:
+    row = {
+        "claim": claim.statement,
+        "variant": variant,
+        "kind": type(claim).__name__,
+        "a": claim.a,
+        "impl_a": claim.impl_a,
+        "b": claim.b,
+        "impl_b": claim.impl_b,
+        "threshold_pp": claim.threshold_pp,
+        "two_sided": claim.two_sided,
+        "reference_pp": claim.reference_pp,
+        "collapsed_runs": shown,
+        "claims_in_family": family,
+        "ci_level": level,
+    }
+    if d is None:
+        return {**row, "seeds": 0, "verdict": "not checked", "to_decide": why}
+    seeds = d.shape[1]
+    if seeds < 2:
+        return {
+            **row,
+            "seeds": seeds,
+            "examples": len(d),
+            "diff_pp": 100 * float(d.to_numpy().mean()) if seeds else math.nan,
+            "verdict": "inconclusive",
+            "to_decide": f"{seeds} seed(s) of both rows: run at least 2 (1 seed shows test-set noise only)",
+        }
+    diff = stats.Crossed.fit(d.to_numpy())
+    se, df = diff.se_df()
+    low, high = (min(max(100 * v, -100.0), 100.0) for v in diff.interval(level))  # where a - b can lie
+    verdict = claim.verdict(low, high)
+    per_seed = 100 * np.array(diff.per_seed)
+    row |= {
+        "seeds": seeds,
+        "examples": diff.examples,
+        "diff_pp": 100 * diff.mean,
+        "ci_low": low,
+        "ci_high": high,
+        "df": df,
+        "p": claim.p(diff),
+        "p_adjusted": min(1.0, family * claim.p(diff)),
+        "seed_sd_pp": 100 * math.sqrt(diff.seed_var),
+        "per_seed_pp": "; ".join(f"{s}: {v:+.2f}" for s, v in zip(d.columns, per_seed, strict=True)),
+        "leave_one_out": _leave_one_out(claim, per_seed, list(d.columns)),
+        "verdict": verdict,
+    }
+    plan = _plan(claim, diff, family) if verdict == "inconclusive" and not variant else {}
+    return row | plan
+
+
+def _leave_one_out(claim: Claim, per_seed: np.ndarray, seeds: list) -> str:
+    """Whether the mean of a - b stays on the same side of the claim's boundary with any one seed left out."""
+    side = claim.margin(per_seed.mean()) > 0
+    flips = [s for i, s in enumerate(seeds) if (claim.margin(np.delete(per_seed, i).mean()) > 0) != side]
+    if not flips:
+        return f"all {len(seeds)} agree"
+    return "hinges on seed " + ", ".join(str(s) for s in flips)
+
+
+def _plan(claim: Claim, diff: stats.Crossed, family: int) -> dict:
+    """Seeds needed for power 0.8 at the study's test size and a few larger ones, under the same test."""
+    sizes = sorted({diff.examples, max(diff.examples, FULL_TEST_SET)}) + [math.inf]
+    if claim.margin(100 * diff.mean) <= 0:
+        text = "the observed difference lies on the claim's wrong side: no study size makes it hold"
+        return {"to_decide": text, **{_grid_column(n): None for n in sizes}}
+    needed = {
+        n: stats.seeds_needed(lambda k, n=n: claim.power(diff, ALPHA / family, k, n), diff.seeds)
+        for n in sizes
+    }
+    text = ", ".join(
+        f"≈{k:,} seeds " + ("with unlimited test examples" if math.isinf(n) else f"at {n:,} test examples")
+        if k
+        else f"more than {stats.MAX_SEEDS:,} seeds at {n:,} test examples"
+        for n, k in needed.items()
+        if not math.isinf(n) or k
+    )
+    if needed[math.inf] is None or needed[math.inf] > diff.seeds:
+        text += ": more test examples cannot settle this"
+    return {"to_decide": text, **{_grid_column(n): needed[n] for n in sizes}}
+
+
+def _grid_column(examples: float) -> str:
+    return "seeds_needed_unlimited_examples" if math.isinf(examples) else f"seeds_needed_{examples}_examples"
+
+
+def _config(table: pd.DataFrame, label: str, impl: str) -> str:
+    """The config_id of the row named `label` (of `impl`, or its impl-less row: head-only, full)."""
+    rows = table[(table["configuration"] == label) & table["impl"].isin([impl, NO_IMPL])]
+    if len(rows) != 1:
+        found = "; ".join(f"{c} ({i})" for c, i in zip(table["configuration"], table["impl"], strict=True))
+        problem = "names no row of the study" if rows.empty else f"matches {len(rows)} rows"
+        raise ValueError(
+            f"a claim's row {label!r} (impl {impl}) {problem}: fix the label in the claims file; the rows: "
+            f"{found} (a row whose runs have not landed yet: analyse with --claims none until they do)"
         )
     return rows["config_id"].iloc[0]
 
 
-def _statement(claim: dict, kind: str, args: dict) -> str:
-    if "statement" in claim:
-        return claim["statement"]
-    words = {"better": "beats", "at_least": f"beats by > {args.get('by_pp')} pp", "equivalent": "="}[kind]
-    return f"{args['a']} {words} {args['b']}"
+def _row(table: pd.DataFrame, config_id: str) -> str:
+    row = table.loc[table["config_id"] == config_id].iloc[0]
+    return row["configuration"] + ("" if row["impl"] == NO_IMPL else f" ({row['impl']})")
 
 
-def _need_text(examples: int | None, seeds: int | None) -> str:
-    if examples is None:
-        return "no sample size: the observed effect points the other way"
-    text = f"≈{examples:,} test examples"
-    return text + (f" or ≈{seeds} seeds" if seeds else "")
+def _collapsed_seeds(table: pd.DataFrame) -> dict[str, tuple]:
+    return dict(zip(table["config_id"], table["collapsed_seeds"], strict=True))
 
 
-def to_markdown(findings: pd.DataFrame) -> str:
-    lines = [
-        "| Claim | Reference Δ (pp) | Ours Δ (pp) | 95% CI | p (Holm) | Verdict | Would need |",
-        "|---|---:|---:|---|---:|---|---|",
-    ]
-    for r in findings.itertuples(index=False):
-        ref = "" if r.reference_pp is None or pd.isna(r.reference_pp) else f"{r.reference_pp:+.2f}"
-        ours = (
-            ""
-            if pd.isna(r.diff_pp)
-            else f"{r.diff_pp:+.2f} | [{r.ci_low:+.2f}, {r.ci_high:+.2f}] | {_p(r.p_holm)}"
+def stability(table: pd.DataFrame) -> pd.DataFrame:
+    """Each row's share of collapsed runs with a 95% Clopper-Pearson interval: how often the method fails."""
+    rows = []
+    for r in table.itertuples(index=False):
+        hit = len(r.collapsed_seeds)
+        ci = scipy_stats.binomtest(hit, r.n).proportion_ci(0.95)
+        rows.append(
+            {
+                "configuration": r.configuration,
+                "impl": r.impl,
+                "collapsed": hit,
+                "runs": r.n,
+                "rate_low": 100 * ci.low,
+                "rate_high": 100 * ci.high,
+                "seeds": ", ".join(str(s) for s in r.collapsed_seeds),
+            }
         )
-        lines.append(f"| {r.claim} | {ref} | {ours or ' | | '} | {r.verdict} | {r.would_need} |")
-    checked = findings.dropna(subset=["diff_pp"])
-    if checked.empty:
-        return "\n".join(lines) + "\n"
-    first = checked.iloc[0]
-    lines.append(
-        f"\nΔ = a - b in accuracy points on the same {int(first['examples']):,} test examples. CI: paired "
-        f"bootstrap over examples and seed pairs ({int(first['seed_pairs'])} here). p: one-sided paired "
-        f"permutation test over examples of the claim's null, Holm-adjusted over {len(checked)} claims run."
-    )
+    return pd.DataFrame(rows)
+
+
+def to_markdown(findings: pd.DataFrame, table: pd.DataFrame) -> str:
+    """The findings table, how it was decided, and the rows that collapsed."""
+    checked = findings.dropna(subset=["diff_pp"]) if "diff_pp" in findings else findings.iloc[:0]
+    level = 100 * findings["ci_level"].iloc[0] if len(findings) else 95.0
+    lines = [
+        f"| Claim | Reference Δ (pp) | Ours Δ (pp) | {level:.2f}% CI (decides) | p (Bonferroni) | Verdict "
+        "| Per-seed Δ (pp) | Leave one seed out | To decide |",
+        "|---|---:|---:|---|---:|---|---|---|---|",
+    ]
+    for r in findings.to_dict("records"):
+        name = f"↳ {WITHOUT_COLLAPSED} (sensitivity, not in the family)" if r["variant"] else r["claim"]
+        if r.get("collapsed_runs"):
+            name += f" — collapsed: {r['collapsed_runs']}"
+        ref = "" if _missing(r["reference_pp"]) else f"{r['reference_pp']:+.2f}"
+        diff = "" if _missing(r.get("diff_pp")) else f"{r['diff_pp']:+.2f}"
+        ci = "" if _missing(r.get("ci_low")) else f"[{r['ci_low']:+.2f}, {r['ci_high']:+.2f}]"
+        p = "" if _missing(r.get("p_adjusted")) else _p(r["p_adjusted"])
+        cells = [name, ref, diff, ci, p, r["verdict"], _text(r.get("per_seed_pp"))]
+        cells += [_text(r.get("leave_one_out")), _text(r.get("to_decide"))]
+        lines.append("| " + " | ".join(cells) + " |")
+    if not checked.empty:
+        first = checked.iloc[0]
+        family = int(first["claims_in_family"])
+        lines.append(
+            "\nΔ = a - b in accuracy points, over the seeds both rows ran, on the same "
+            f"{int(first['examples']):,} test examples. The unit of replication is the training seed: the CI "
+            "and p come from a crossed (seeds x test examples) model that counts seed-to-seed and test-set "
+            "variance together, with Satterthwaite degrees of freedom, at Bonferroni's level over the "
+            f"{family} claims checked ({ALPHA:g}/{family} a side: the {level:.2f}% interval, TOST for "
+            "equivalence). A claim holds when that interval lies wholly on its side of the threshold, and is "
+            "contradicted when it lies wholly on the other side. To decide: seeds for power 0.8 under that "
+            "same test, if the true difference were the one observed (findings.csv has them at more test "
+            "examples too)."
+        )
+    unstable = stability(table)
+    unstable = unstable[unstable["collapsed"] > 0]
+    lines.append("\n### Stability: runs that collapsed (one class, or accuracy at chance)\n")
+    if unstable.empty:
+        lines.append(f"None of the {int(table['n'].sum())} runs collapsed.")
+    else:
+        lines += ["| Row | Impl | Collapsed | Rate, 95% CI | Seeds |", "|---|---|---:|---|---|"]
+        for r in unstable.itertuples(index=False):
+            lines.append(
+                f"| {r.configuration} | {r.impl} | {r.collapsed} of {r.runs} | "
+                f"[{r.rate_low:.0f}%, {r.rate_high:.0f}%] | {r.seeds} |"
+            )
+        rest = int(table["n"].sum() - unstable["runs"].sum())
+        lines.append(f"\nNo run of the other rows collapsed ({rest} runs).")
     return "\n".join(lines) + "\n"
+
+
+def _missing(value: object) -> bool:
+    return value is None or (isinstance(value, float) and math.isnan(value))
+
+
+def _text(value: object) -> str:
+    return "" if _missing(value) else str(value)
 
 
 def _p(p: float) -> str:
     return f"{p:.3f}" if p >= 0.001 else "<0.001"
 
 
-def write_findings(findings: pd.DataFrame, out: str | Path) -> list[Path]:
+def write_findings(findings: pd.DataFrame, table: pd.DataFrame, out: str | Path) -> list[Path]:
     out = Path(out)
     return [
-        write_text_atomic(out / "findings.md", to_markdown(findings)),
+        write_text_atomic(out / "findings.md", to_markdown(findings, table)),
         write_text_atomic(out / "findings.csv", findings.to_csv(index=False, float_format="%.4f")),
     ]

@@ -26,6 +26,7 @@ X_AXES = {  # column: (file stem, axis label, log scale)
 }
 LABEL_GAP_PT = 11  # vertical distance between labels in the column right of the axes
 CLAIM_LABEL_CHARS = 60  # claims wrap at this width so the forest plot keeps its axes
+WIDE_PP = 60  # a forest plot's axis leaves out intervals wider than this
 VERDICT_COLORS = {"holds": "tab:green", "contradicted": "tab:red", "inconclusive": "tab:gray"}
 
 
@@ -125,12 +126,15 @@ def _label_points(ax: plt.Axes, table: pd.DataFrame, x: str) -> None:
 
 
 def plot_findings(findings: pd.DataFrame, out: str | Path | None = None, title: str = "") -> plt.Figure:
-    """A forest plot: one line per claim, its difference a - b with the 95% CI coloured by verdict, the
-    claim's threshold (or equivalence margin) marked |; with `out`, also write findings.png."""
-    findings = findings.dropna(subset=["diff_pp"])  # claims whose rows have not run yet have no line
+    """A forest plot: one line per claim checked, its difference a - b with the interval that decides it,
+    coloured by verdict, the claim's threshold (or equivalence margin) marked |; with `out`, also write
+    findings.png."""
+    findings = findings.dropna(subset=["ci_low"])  # claims without two seeds of both rows have no interval
     labels = [
-        textwrap.fill(f"{c} ({v})", CLAIM_LABEL_CHARS)
-        for c, v in zip(findings["claim"], findings["verdict"], strict=True)
+        textwrap.fill(f"{'  without collapsed runs' if variant else claim} ({verdict})", CLAIM_LABEL_CHARS)
+        for claim, variant, verdict in zip(
+            findings["claim"], findings["variant"], findings["verdict"], strict=True
+        )
     ]
     lines = sum(label.count("\n") + 1 for label in labels)
     fig, ax = plt.subplots(figsize=(10, 0.2 * lines + 0.3 * len(findings) + 1.6), dpi=150)
@@ -143,16 +147,24 @@ def plot_findings(findings: pd.DataFrame, out: str | Path | None = None, title: 
             xerr=[[r.diff_pp - r.ci_low], [r.ci_high - r.diff_pp]],
             fmt="o",
             color=color,
+            mfc="none" if r.variant else color,
             capsize=3,
         )
-        marks = [-r.threshold_pp, r.threshold_pp] if r.kind == "equivalent" else [r.threshold_pp]
+        marks = [-r.threshold_pp, r.threshold_pp] if r.two_sided else [r.threshold_pp]
         ax.scatter(marks, [y] * len(marks), marker="|", s=200, color="0.3", zorder=3)
         if pd.notna(r.reference_pp):
             ax.scatter([r.reference_pp], [y], marker="x", color="0.4", zorder=3)
     ax.axvline(0, color="0.5", lw=0.8)
+    # bars wider than WIDE_PP (a collapsed run among few seeds) run off the axes rather than squash the rest
+    narrow = findings[findings["ci_high"] - findings["ci_low"] < WIDE_PP]
+    ends = [*narrow["ci_low"], *narrow["ci_high"], *findings["diff_pp"], *findings["threshold_pp"], 0.0]
+    ends += [-t for t in findings.loc[findings["two_sided"], "threshold_pp"]]
+    pad = 0.05 * (max(ends) - min(ends)) + 0.5
+    ax.set_xlim(min(ends) - pad, max(ends) + pad)
     ax.set_yticks(range(len(findings)), labels[::-1], fontsize=8)
     ax.set_xlabel(
-        "accuracy difference a - b (pp)\ndot and bar: ours with its 95% CI; x: the reference's; |: threshold",
+        "accuracy difference a - b (pp)\ndot and bar: ours with the interval that decides (its level: "
+        "findings.md)\nopen dot: without collapsed runs; x: the reference's; |: threshold",
         fontsize=8,
     )
     ax.set_title(title, fontsize=10)

@@ -11,6 +11,7 @@ from pathlib import Path
 
 import pandas as pd
 
+from lora_lab import store
 from lora_lab.assets import unreachable
 from lora_lab.store import Record, identity
 
@@ -78,6 +79,10 @@ def frame(records: list[Record], where: str, folder: Path | None = None) -> pd.D
         str(folder / r.predictions["file"]) if folder is not None and r.predictions else None
         for r in complete
     ]
+    df["collapsed"] = [
+        r.collapsed if r.collapsed or path is None else _collapse_of(path)
+        for r, path in zip(complete, df["predictions_path"], strict=True)
+    ]
     for key in ("experiment", "model"):
         values = sorted(df[key].dropna().astype(str).unique())
         if len(values) > 1:
@@ -88,6 +93,12 @@ def frame(records: list[Record], where: str, folder: Path | None = None) -> pd.D
     settings = {r.id_of_config(): _flat(identity(r.config, r.method, with_seed=False)) for r in complete}
     df["configuration"] = _names(df, settings)
     return df.reset_index(drop=True)
+
+
+def _collapse_of(predictions_path: str) -> str | None:
+    """store.collapse on a run's predictions: records made before the field existed get it here."""
+    preds = pd.read_parquet(predictions_path, columns=["pred", "label"])
+    return store.collapse(preds["pred"].to_numpy(), preds["label"].to_numpy())
 
 
 def _flat(tree: dict, prefix: str = "") -> dict:

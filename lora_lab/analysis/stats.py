@@ -1,14 +1,21 @@
-"""Uncertainty of accuracies and of differences between configurations, from per-example predictions.
+"""How sure a mean accuracy, or a difference of two, can be when both training seeds and test examples vary.
 
-A configuration's runs form a matrix of correctness: one row per test example, one column per seed. Every
-resampling draws from a fixed seed, so reruns give the same numbers to the last digit.
+The unit of replication is the training seed, and every seed of a study is scored on the same test examples,
+so seeds and examples are crossed. A matrix Y (examples x seeds) of correctness values, or of paired
+differences in correctness, is modelled as
 
-- One configuration: mean accuracy with a 95% CI, Student t over seeds when there are two or more, else a
-  bootstrap over test examples.
-- Two configurations scored on the same examples: the difference in accuracy (a - b) with a 95% CI from a
-  paired bootstrap (examples resampled, and seed pairs too when there are several), and the p-value of a
-  one-sided null from a paired permutation test over examples (scipy.stats.permutation_test: each example's
-  two seed-averaged correctness values swap sides at random).
+    Y[i, s] = mu + u[s] + v[i] + e[i, s]      u: seed effect, v: example effect, e: the rest
+
+and its mean has the variance  var(u)/k + var(v)/n + var(e)/(k n)  (k seeds, n examples). The components come
+from the two-way ANOVA mean squares (exact expectations in this balanced design), and the degrees of freedom
+of that sum from Satterthwaite's formula: with seed variance dominating they fall towards k - 1 (2 for three
+seeds), which is what keeps a three-seed study from calling small effects real. With one seed there is no
+seed variance to see: the interval is test-set noise only, and no claim rests on it.
+
+Written out rather than fitted with a mixed-model library: in a balanced crossed design the moment estimates
+are closed-form, and statsmodels' MixedLM gives neither Satterthwaite degrees of freedom nor a power figure.
+Power uses scipy's noncentral t at the planned (seeds, examples), with the same correction and degrees of
+freedom a verdict would get.
 """
 
 from __future__ import annotations
@@ -17,124 +24,113 @@ import math
 from dataclasses import dataclass
 
 import numpy as np
-import pandas as pd
 from scipy import stats
 
-RESAMPLES = 2000  # bootstrap draws
-PERMUTATIONS = 4999  # permutation draws (exact when 2**n is fewer)
-RANDOM_SEED = 0
-LEVEL = 0.95
-POWER = 0.8
+LEVEL = 0.95  # the table's intervals
+POWER = 0.8  # what the planner aims for
+MAX_SEEDS = 1000  # the planner's search stops here ("more than 1,000 seeds")
 
 
-def accuracy_ci(correct: pd.DataFrame) -> tuple[float, float, float, str]:
-    """(mean, low, high, method) in percent, for a configuration's correctness matrix."""
-    if correct.shape[1] >= 2:
-        return t_interval(100 * correct.mean(axis=0).to_numpy())
-    column = correct.iloc[:, 0].to_numpy(dtype=float)
-    rng = np.random.default_rng(RANDOM_SEED)
-    draws = [100 * column[rng.integers(len(column), size=len(column))].mean() for _ in range(RESAMPLES)]
-    low, high = np.quantile(draws, [(1 - LEVEL) / 2, (1 + LEVEL) / 2])
-    return 100 * column.mean(), float(low), float(high), f"bootstrap over {len(column):,} examples"
+@dataclass(frozen=True)
+class Crossed:
+    """The mean of an examples x seeds matrix with the variance components of the crossed model, each a
+    variance of one cell's value (proportions, not percent)."""
 
-
-def t_interval(per_seed: np.ndarray) -> tuple[float, float, float, str]:
-    """(mean, low, high, method) of per-seed accuracies in percent: Student t with n - 1 degrees of freedom,
-    cut to [0, 100], where an accuracy lies (one collapsed seed among three otherwise reaches past 100%)."""
-    n, mean = len(per_seed), float(np.mean(per_seed))
-    half = stats.t.ppf((1 + LEVEL) / 2, n - 1) * np.std(per_seed, ddof=1) / math.sqrt(n)
-    low, high = max(mean - half, 0.0), min(mean + half, 100.0)
-    cut = ", cut at 0/100" if (low, high) != (mean - half, mean + half) else ""
-    return mean, low, high, f"t over {n} seeds{cut}"
-
-
-@dataclass
-class Difference:
-    """a - b in percentage points over the examples both were scored on."""
-
-    diff: float
-    low: float
-    high: float
+    mean: float
+    seeds: int
     examples: int
-    seed_pairs: int
-    per_example: np.ndarray  # seed-averaged correctness difference of each example (in {-1..1})
-    per_seed: np.ndarray  # accuracy difference (pp) of each seed pair
+    seed_var: float  # var(u): how far seeds' means scatter beyond what their example noise explains
+    example_var: float  # var(v): how much examples differ, shared by every seed
+    residual_var: float  # var(e)
+    per_seed: tuple[float, ...]  # each seed's mean
 
-    def p_greater(self, threshold_pp: float) -> float:
-        """p-value of the null `a - b <= threshold_pp` against `a - b > threshold_pp`."""
-        return _permutation_p(self.per_example - threshold_pp / 100, "greater")
-
-    def p_less(self, threshold_pp: float) -> float:
-        """p-value of the null `a - b >= threshold_pp` against `a - b < threshold_pp`."""
-        return _permutation_p(self.per_example - threshold_pp / 100, "less")
-
-    def needed(self, margin_pp: float) -> tuple[int | None, int | None]:
-        """Roughly how many test examples, and seeds, would show an effect of `margin_pp` beyond the claim's
-        threshold with power 0.8 at a one-sided 5% level (normal approximation); None where it cannot."""
-        if margin_pp <= 0:
-            return None, None
-        z = stats.norm.ppf(0.95) + stats.norm.ppf(POWER)
-        sd_example = 100 * self.per_example.std(ddof=1)
-        examples = math.ceil((z * sd_example / margin_pp) ** 2) if sd_example > 0 else None
-        seeds = None
-        if len(self.per_seed) >= 2 and self.per_seed.std(ddof=1) > 0:
-            seeds = max(2, math.ceil((z * self.per_seed.std(ddof=1) / margin_pp) ** 2))
-        return examples, seeds
-
-
-def difference(a: pd.DataFrame, b: pd.DataFrame) -> Difference:
-    """Paired difference of two correctness matrices (rows: example ids; columns: seeds). Seeds pair by
-    number where both have them, else in sorted order; examples must be the same set."""
-    if set(a.index) != set(b.index):
-        raise ValueError(
-            "the two configurations were scored on different test examples; they cannot be paired"
+    @classmethod
+    def fit(cls, matrix: np.ndarray) -> Crossed:
+        y = np.asarray(matrix, dtype=float)
+        n, k = y.shape
+        seed_means, example_means, grand = y.mean(axis=0), y.mean(axis=1), float(y.mean())
+        ms_example = k * example_means.var(ddof=1) if n > 1 else 0.0
+        if k == 1:  # no seed variance to estimate: the examples' spread is all there is
+            return cls(grand, 1, n, math.nan, ms_example, 0.0, (grand,))
+        ms_seed = n * seed_means.var(ddof=1)
+        resid = y - example_means[:, None] - seed_means[None, :] + grand
+        ms_resid = float((resid**2).sum()) / ((n - 1) * (k - 1))
+        return cls(
+            mean=grand,
+            seeds=k,
+            examples=n,
+            seed_var=max(0.0, (ms_seed - ms_resid) / n),
+            example_var=max(0.0, (ms_example - ms_resid) / k),
+            residual_var=ms_resid,
+            per_seed=tuple(float(m) for m in seed_means),
         )
-    b = b.loc[a.index]
-    shared = sorted(set(a.columns) & set(b.columns))
-    if len(shared) == min(len(a.columns), len(b.columns)):
-        a_cols, b_cols = shared, shared
-    else:
-        n = min(len(a.columns), len(b.columns))
-        a_cols, b_cols = sorted(a.columns)[:n], sorted(b.columns)[:n]
-    d = a[a_cols].to_numpy(dtype=float) - b[b_cols].to_numpy(dtype=float)  # examples x seed pairs
-    rng = np.random.default_rng(RANDOM_SEED)
-    n_ex, n_pairs = d.shape
-    draws = np.empty(RESAMPLES)
-    for i in range(RESAMPLES):
-        rows = rng.integers(n_ex, size=n_ex)
-        cols = rng.integers(n_pairs, size=n_pairs) if n_pairs > 1 else [0]
-        draws[i] = d[rows][:, cols].mean()
-    low, high = np.quantile(100 * draws, [(1 - LEVEL) / 2, (1 + LEVEL) / 2])
-    return Difference(
-        diff=float(100 * d.mean()),
-        low=float(low),
-        high=float(high),
-        examples=n_ex,
-        seed_pairs=n_pairs,
-        per_example=d.mean(axis=1),
-        per_seed=100 * d.mean(axis=0),
-    )
+
+    def se_df(self, seeds: int | None = None, examples: int | None = None) -> tuple[float, float]:
+        """Standard error of the mean and its Satterthwaite degrees of freedom, for this study or for one of
+        `seeds` x `examples` with the same variance components (examples=math.inf: a test set without
+        sampling error)."""
+        k, n = seeds or self.seeds, examples or self.examples
+        if k == 1:
+            return math.sqrt(self.example_var / n), n - 1
+        # var(mean) as two parts: the seeds' mean square / (k n), on k - 1 degrees of freedom even where the
+        # seeds scatter no more than the residual explains (pooling them then would trust 2 df of evidence that
+        # seeds do not matter), and the examples' share, on about n - 1 (many: it barely moves the total)
+        terms = [(self.seed_var / k + self.residual_var / (k * n), k - 1)]
+        if math.isfinite(n):
+            terms.append((self.example_var / n, n - 1))
+        var = sum(t for t, _ in terms)
+        if var <= 0:  # every cell the same: nothing varies
+            return 0.0, math.inf
+        return math.sqrt(var), var**2 / sum(t**2 / df for t, df in terms)
+
+    def interval(self, level: float) -> tuple[float, float]:
+        """Two-sided t interval of the mean at `level`."""
+        se, df = self.se_df()
+        half = stats.t.ppf((1 + level) / 2, df) * se if se > 0 else 0.0
+        return self.mean - half, self.mean + half
+
+    def p_above(self, threshold: float) -> float:
+        """One-sided p-value of the null `mean <= threshold` against `mean > threshold`."""
+        se, df = self.se_df()
+        if se == 0:
+            return 0.0 if self.mean > threshold else 1.0
+        return float(stats.t.sf((self.mean - threshold) / se, df))
+
+    def p_below(self, threshold: float) -> float:
+        """One-sided p-value of the null `mean >= threshold` against `mean < threshold`."""
+        se, df = self.se_df()
+        if se == 0:
+            return 0.0 if self.mean < threshold else 1.0
+        return float(stats.t.cdf((self.mean - threshold) / se, df))
+
+    def power_one_sided(self, effect: float, alpha: float, seeds: int, examples: float) -> float:
+        """Chance that a one-sided t test at `alpha` finds a true `effect` (beyond its threshold) in a study
+        of `seeds` x `examples` with these variance components."""
+        se, df = self.se_df(seeds, examples)
+        if se == 0:
+            return 1.0
+        return float(stats.nct.sf(stats.t.ppf(1 - alpha, df), df, effect / se))
 
 
-def _permutation_p(shifted: np.ndarray, alternative: str) -> float:
-    """Paired sign-flip permutation test that the mean of `shifted` is 0, via scipy."""
-    result = stats.permutation_test(
-        (shifted, np.zeros_like(shifted)),
-        lambda x, y, axis: np.mean(x - y, axis=axis),
-        permutation_type="samples",
-        alternative=alternative,
-        n_resamples=PERMUTATIONS,
-        random_state=RANDOM_SEED,
-        vectorized=True,
-    )
-    return float(result.pvalue)
+def seeds_needed(power_at, current: int) -> int | None:
+    """The fewest seeds, never fewer than `current`, at which `power_at(seeds)` reaches POWER; None when even
+    MAX_SEEDS do not. Power grows with seeds, so a doubling search then a bisection finds it."""
+    low = max(current, 2)
+    if power_at(low) >= POWER:
+        return low
+    high = low
+    while power_at(high) < POWER:
+        if high >= MAX_SEEDS:
+            return None
+        low, high = high, min(2 * high, MAX_SEEDS)
+    while high - low > 1:
+        mid = (low + high) // 2
+        low, high = (low, mid) if power_at(mid) >= POWER else (mid, high)
+    return high
 
 
-def holm(p_values: list[float]) -> list[float]:
-    """Holm's step-down adjustment: controls the chance of any false 'holds' across a study's claims."""
-    order = np.argsort(p_values)
-    adjusted, running = [0.0] * len(p_values), 0.0
-    for rank, i in enumerate(order):
-        running = max(running, min(1.0, (len(p_values) - rank) * p_values[i]))
-        adjusted[i] = running
-    return adjusted
+def t_interval(per_seed: np.ndarray, level: float = LEVEL) -> tuple[float, float]:
+    """Student t interval over per-seed values alone: for records without predictions (read from wandb)."""
+    n, mean = len(per_seed), float(np.mean(per_seed))
+    half = stats.t.ppf((1 + level) / 2, n - 1) * np.std(per_seed, ddof=1) / math.sqrt(n)
+    return mean - half, mean + half

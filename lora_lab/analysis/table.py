@@ -1,7 +1,9 @@
-"""The ablation table: one row per configuration and impl, mean ± std over seeds, the reference beside it."""
+"""The ablation table: one row per configuration and impl, its accuracy over seeds with a 95% CI, the
+reference beside it."""
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 
 import pandas as pd
@@ -29,19 +31,31 @@ def load_reference(experiment: str, path: str | Path | None = None) -> pd.DataFr
 def summarize(
     runs: pd.DataFrame, correct: dict[str, pd.DataFrame] | None = None, reference: pd.DataFrame | None = None
 ) -> pd.DataFrame:
-    """One row per configuration (seeds aggregated), accuracies in percent with a 95% CI: t over seeds, or
-    with one seed a bootstrap over its test examples (`correct`, from runs.correctness)."""
+    """One row per configuration (seeds aggregated): accuracy in percent with a 95% CI that counts seed and
+    test-set variance together (stats.Crossed, on `correct` from runs.correctness); with one seed, test-set
+    noise only; without predictions (wandb), seed variance only. Each row says which, and which seeds
+    collapsed."""
     correct = correct or {}
     rows = []
     for config_id, group in runs.groupby("config_id", sort=False):
         first = group.iloc[0]
         acc = 100 * group["accuracy"]
+        mean, low, high, method = acc.mean(), math.nan, math.nan, "one run, no predictions"
         if config_id in correct:
-            mean, low, high, method = stats.accuracy_ci(correct[config_id])
+            fit = stats.Crossed.fit(correct[config_id].to_numpy())
+            mean = 100 * fit.mean
+            low, high = (100 * v for v in fit.interval(stats.LEVEL))
+            method = (
+                "1 seed: test-set noise only"
+                if fit.seeds == 1
+                else f"seeds + test examples, t on {fit.se_df()[1]:.1f} df"
+            )
         elif len(acc) >= 2:
-            mean, low, high, method = stats.t_interval(acc.to_numpy())
-        else:
-            mean, low, high, method = acc.mean(), float("nan"), float("nan"), "one run, no predictions"
+            low, high = stats.t_interval(acc.to_numpy())
+            method = f"seeds only (no predictions), t on {len(acc) - 1} df"
+        if not (low >= 0 and high <= 100) and not math.isnan(low):
+            low, high = max(low, 0.0), min(high, 100.0)
+            method += "; cut at 0/100: too few seeds for a normal interval"
         rows.append(
             {
                 "configuration": first["configuration"],
@@ -55,6 +69,7 @@ def summarize(
                 "ci_method": method,
                 "accuracy_std": acc.std(ddof=1) if len(acc) > 1 else float("nan"),
                 "n": len(acc),
+                "collapsed_seeds": tuple(group.loc[group["collapsed"].notna(), "seed"]),
                 "label": first["label"],
                 "_order": (
                     METHOD_ORDER.get(first["method"], len(METHOD_ORDER)),
@@ -84,12 +99,15 @@ def _formatted(table: pd.DataFrame) -> pd.DataFrame:
             "Trainable Params": table["trainable_params"].map("{:,}".format),
             "Trainable %": table["trainable_pct"].map("{:.2f}%".format),
             "Accuracy": table["accuracy"].map("{:.2f}%".format),
-            "95% CI": [
+            "95% CI (seeds + test examples)": [
                 "" if pd.isna(lo) else f"[{lo:.2f}, {hi:.2f}]"
                 for lo, hi in zip(table["ci_low"], table["ci_high"], strict=True)
             ],
             "CI from": table["ci_method"],
             "n": table["n"],
+            "Collapsed": [
+                f"{len(c)} of {n}" for c, n in zip(table["collapsed_seeds"], table["n"], strict=True)
+            ],
         }
     )
     if "reference_accuracy" in table:

@@ -1,0 +1,174 @@
+"""The verdict engine on simulated studies of known variance components: seed variance must be able to stop a
+claim that the test examples alone would pass, a null must be called `holds` at most 5% of the time, and the
+planner's seed count must reach the power it states."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pandas as pd
+import pytest
+from scipy import stats as scipy_stats
+
+from lora_lab import store
+from lora_lab.analysis import findings, stats
+
+A, B = "Row A", "Row B"
+
+
+def decide(a: np.ndarray, b: np.ndarray, claim: dict, collapsed: dict | None = None) -> pd.DataFrame:
+    """findings.check on two rows given as examples x seeds correctness (or any value) matrices."""
+    collapsed = collapsed or {}
+    index = [f"e{i}" for i in range(len(a))]
+    correct = {
+        "a": pd.DataFrame(a, index=index),
+        "b": pd.DataFrame(b, index=index[: len(b)] if len(b) == len(a) else [f"x{i}" for i in range(len(b))]),
+    }
+    table = pd.DataFrame(
+        {
+            "configuration": [A, B],
+            "impl": ["ours", "ours"],
+            "config_id": ["a", "b"],
+            "n": [a.shape[1], b.shape[1]],
+            "collapsed_seeds": [collapsed.get("a", ()), collapsed.get("b", ())],
+        }
+    )
+    return findings.check([findings.parse(claim)], table, correct)
+
+
+def binary_study(rng: np.random.Generator, k: int, n: int, effect: float, seed_sd: float) -> tuple:
+    """Correctness of two methods, k seeds each, on n shared examples of varying difficulty: logit =
+    difficulty + method effect (A only) + a per-run seed shift. Seeds pair (same seed, same shift source)."""
+    difficulty = rng.normal(1.5, 1.5, size=(n, 1))
+    runs = []
+    for shift in (effect, 0.0):
+        logit = difficulty + shift + rng.normal(0, seed_sd, size=(1, k))
+        runs.append((rng.random((n, k)) < 1 / (1 + np.exp(-logit))).astype(float))
+    return runs
+
+
+BETTER = {"better": {"a": A, "b": B}}
+
+
+def test_the_crossed_variance_matches_a_hand_computation() -> None:
+    y = np.array([[1.0, 0.0], [1.0, 1.0], [0.0, 0.0], [1.0, 0.0]])  # 4 examples x 2 seeds
+    n, k, grand = 4, 2, y.mean()
+    ms_seed = n * ((y.mean(0) - grand) ** 2).sum() / (k - 1)  # 4 * (0.125 + 0.125) = 1.0
+    ms_ex = k * ((y.mean(1) - grand) ** 2).sum() / (n - 1)  # 2 * 0.5 / 3
+    resid = y - y.mean(1, keepdims=True) - y.mean(0, keepdims=True) + grand
+    ms_err = (resid**2).sum() / ((n - 1) * (k - 1))
+    fit = stats.Crossed.fit(y)
+    assert fit.seed_var == pytest.approx((ms_seed - ms_err) / n)
+    assert fit.example_var == pytest.approx(max(0.0, (ms_ex - ms_err) / k))
+    var = (max(ms_seed, ms_err) + max(ms_ex, ms_err) - ms_err) / (k * n)
+    assert fit.se_df()[0] == pytest.approx(math.sqrt(var))
+    one = stats.Crossed.fit(y[:, :1])  # one seed: the binomial standard error of its accuracy
+    assert one.se_df() == (pytest.approx(math.sqrt(y[:, 0].var(ddof=1) / n)), n - 1)
+
+
+def test_an_effect_real_on_examples_but_swamped_by_seed_variance_is_inconclusive() -> None:
+    rng = np.random.default_rng(5)
+    a, b = binary_study(rng, k=3, n=5000, effect=0.1, seed_sd=0.3)
+    d = (a - b).mean(axis=1)  # what a test holding the trained models fixed would see
+    z = d.mean() / (d.std(ddof=1) / math.sqrt(len(d)))
+    assert z > 3  # examples alone: "significant"
+    result = decide(a, b, BETTER).iloc[0]
+    assert result["diff_pp"] > 0 and result["verdict"] == "inconclusive"
+    assert "more test examples cannot settle this" in result["to_decide"]
+    assert result["seeds_needed_unlimited_examples"] > 3
+
+
+@pytest.mark.parametrize("seed_sd", [0.3, 0.05], ids=["seeds-dominate", "seeds-hidden-in-example-noise"])
+def test_under_a_null_with_seed_variance_false_holds_are_at_most_five_percent(seed_sd: float) -> None:
+    rng = np.random.default_rng(2)
+    studies = 300
+    holds = sum(
+        decide(*binary_study(rng, k=3, n=500, effect=0.0, seed_sd=seed_sd), BETTER).iloc[0]["verdict"]
+        == "holds"
+        for _ in range(studies)
+    )
+    assert holds / studies <= 0.05 + 2 * math.sqrt(0.05 * 0.95 / studies)
+
+
+def gaussian_study(rng: np.random.Generator, truth: stats.Crossed, k: int) -> np.ndarray:
+    """An examples x seeds matrix of paired differences drawn from the crossed model with `truth`'s
+    components."""
+    n = truth.examples
+    return (
+        truth.mean
+        + rng.normal(0, math.sqrt(truth.seed_var), size=(1, k))
+        + rng.normal(0, math.sqrt(truth.example_var), size=(n, 1))
+        + rng.normal(0, math.sqrt(truth.residual_var), size=(n, k))
+    )
+
+
+@pytest.mark.parametrize(
+    "claim",
+    [BETTER, {"equivalent": {"a": A, "b": B, "margin_pp": 4.0}}],
+    ids=["better", "equivalent"],
+)
+def test_the_planners_seed_count_reaches_its_power_in_simulation(claim: dict) -> None:
+    truth = stats.Crossed(
+        mean=0.02, seeds=3, examples=400, seed_var=0.02**2, example_var=0.01, residual_var=0.2, per_seed=()
+    )
+    parsed = findings.parse(claim)
+    needed = stats.seeds_needed(lambda k: parsed.power(truth, findings.ALPHA, k, truth.examples), 3)
+    assert 3 < needed < 60
+    rng = np.random.default_rng(3)
+    studies = 300
+    hits = 0
+    for _ in range(studies):
+        d = gaussian_study(rng, truth, needed)
+        hits += decide(d, np.zeros_like(d), claim).iloc[0]["verdict"] == "holds"
+    assert hits / studies >= stats.POWER - 3 * math.sqrt(0.8 * 0.2 / studies)
+    # and one seed fewer falls short of what `needed` reaches: the count is the smallest
+    assert parsed.power(truth, findings.ALPHA, needed - 1, truth.examples) < stats.POWER
+
+
+def test_a_collapsed_run_is_flagged_and_its_claim_shown_both_ways() -> None:
+    labels = np.arange(1000) % 2
+    assert "one class" in store.collapse(np.ones(1000, dtype=int), labels)
+    coin = np.random.default_rng(4).integers(0, 2, size=1000)
+    assert "at chance" in store.collapse(coin, labels)
+    assert store.collapse(np.where(np.arange(1000) < 800, labels, 1 - labels), labels) is None
+    rng = np.random.default_rng(5)
+    a, b = binary_study(rng, k=4, n=2000, effect=1.0, seed_sd=0.05)
+    a[:, 3] = rng.integers(0, 2, size=2000)  # seed 3 of A right on half the examples: at chance
+    result = decide(a, b, BETTER, collapsed={"a": (3,)})
+    assert list(result["variant"]) == ["", findings.WITHOUT_COLLAPSED]
+    assert result.iloc[0]["collapsed_runs"] == f"seed 3: {A} (ours)"
+    assert result.iloc[0]["leave_one_out"] == "hinges on seed 0, 1, 2"  # the at-chance seed pulls A down
+    assert result.iloc[1]["leave_one_out"] == "all 3 agree"
+    assert result.iloc[1]["seeds"] == 3 and result.iloc[1]["verdict"] == "holds"
+    assert result.iloc[1]["diff_pp"] > result.iloc[0]["diff_pp"]
+
+
+def test_a_claim_naming_no_row_is_an_error_listing_the_rows() -> None:
+    a = np.ones((10, 2))
+    with pytest.raises(ValueError, match=r"'Row C' \(impl ours\) names no row of the study.*Row A \(ours\)"):
+        decide(a, a, {"better": {"a": "Row C", "b": B}})
+    with pytest.raises(ValueError, match="lacks b"):
+        findings.parse({"better": {"a": A}})
+    with pytest.raises(ValueError, match="different test examples"):
+        decide(a, np.ones((9, 2)), BETTER)
+
+
+def test_one_seed_decides_nothing() -> None:
+    a, b = binary_study(np.random.default_rng(6), k=1, n=3000, effect=2.0, seed_sd=0.1)
+    result = decide(a, b, BETTER).iloc[0]
+    assert result["diff_pp"] > 10 and result["verdict"] == "inconclusive"
+    assert "run at least 2" in result["to_decide"]
+
+
+def test_the_stability_rate_has_a_clopper_pearson_interval() -> None:
+    table = pd.DataFrame(
+        {"configuration": ["X"], "impl": ["ours"], "n": [3], "collapsed_seeds": [(1,)], "config_id": ["x"]}
+    )
+    row = findings.stability(table).iloc[0]
+    exact = scipy_stats.beta.ppf([0.025, 0.975], [1, 2], [3, 2])  # 1 of 3: Beta(1, 3) and Beta(2, 2)
+    assert (row["collapsed"], row["runs"]) == (1, 3)
+    assert (row["rate_low"], row["rate_high"]) == (
+        pytest.approx(100 * exact[0]),
+        pytest.approx(100 * exact[1]),
+    )
