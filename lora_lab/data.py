@@ -181,12 +181,10 @@ def tokenize(
     return dataclasses.replace(encoded, example_ids=example_ids)
 
 
-def load_splits(
-    cfg: DictConfig, tokenizer: PreTrainedTokenizerBase, seed: int, progress: bool = True
-) -> tuple[Encoded, Encoded]:
-    """The training and evaluation sets of a run, subset and tokenised. The training subset follows the run's
-    seed; the evaluation subset follows `data.eval_seed`, so every seed of a study is scored on the same
-    reviews and runs can be compared example by example. The evaluation set is IMDB's test split, or with
+def splits(cfg: DictConfig, seed: int) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """The training and evaluation reviews of a run. The training subset follows the run's seed; the
+    evaluation subset follows `data.eval_seed`, so every seed of a study is scored on the same reviews and
+    runs can be compared example by example. The evaluation set is IMDB's test split, or with
     `data.eval_split=dev` reviews held out of the train split (the training subset is drawn from the rest),
     so hyperparameters can be tuned without looking at the test split."""
     frames = load_imdb(cfg)
@@ -196,8 +194,16 @@ def load_splits(
         train = train[~train["example_id"].isin(evaluation["example_id"])].reset_index(drop=True)
     else:
         evaluation = subset(frames["test"], cfg.eval_size, cfg.eval_seed, "eval_size")
-    train = subset(train, cfg.train_size, seed, "train_size")
-    return tuple(tokenize(f, tokenizer, cfg.max_length, cfg.cache_dir, progress) for f in (train, evaluation))
+    return subset(train, cfg.train_size, seed, "train_size"), evaluation
+
+
+def fingerprint(frame: pd.DataFrame) -> dict:
+    """What a split of a run holds, to tell it from other data under the same settings: its size and a
+    sha256 of its example ids, texts and labels, in order."""
+    digest = hashlib.sha256()
+    for example_id, text, label in zip(frame["example_id"], frame["text"], frame["label"], strict=True):
+        digest.update(f"{example_id}\0{label}\0{text}\0".encode())
+    return {"examples": len(frame), "sha256": digest.hexdigest()}
 
 
 def _tokenizer_fingerprint(tokenizer: PreTrainedTokenizerBase) -> str:

@@ -48,14 +48,18 @@ def run(cfg: DictConfig) -> dict | None:
     settle(cfg, device)
     name = store.run_name(cfg)
     path = store.run_dir(cfg) / f"{name}.json"
-    previous = store.read(path)
-    if previous and previous.get("status") == "complete" and not cfg.force:
+    train_frame, eval_frame = data.splits(cfg.data, cfg.seed)
+    inputs = {  # what the run reads: a finished record counts only if it read the same
+        "data": {"train": data.fingerprint(train_frame), "eval": data.fingerprint(eval_frame)},
+        "weights": models.weights_of(cfg.model) if cfg.model.pretrained else None,
+    }
+    if not cfg.force and store.finished(path, inputs):
         print(f"[lora-lab] {name}: complete already, skipped (force=true reruns it)")
         return None
     if cfg.trainer.num_threads:
         torch.set_num_threads(cfg.trainer.num_threads)
 
-    # Model and method first: they check rank, alpha, dropout and targets before any data is read.
+    # Model and method first: they check rank, alpha, dropout and targets before any data is tokenised.
     tokenizer = models.load_tokenizer(cfg.model)
     torch.manual_seed(cfg.seed)  # the new head's init: the same for every method and impl
     model = models.load_model(cfg.model, pad_token_id=tokenizer.pad_token_id)
@@ -65,7 +69,10 @@ def run(cfg: DictConfig) -> dict | None:
         quant.quantize_nf4(model, cfg.double_quant, on_cuda=device.type == "cuda")
     model = methods.prepare(model, cfg)
     trainable, total = params.count(model)
-    train_set, eval_set = data.load_splits(cfg.data, tokenizer, cfg.seed, cfg.trainer.progress)
+    train_set, eval_set = (
+        data.tokenize(f, tokenizer, cfg.data.max_length, cfg.data.cache_dir, cfg.trainer.progress)
+        for f in (train_frame, eval_frame)
+    )
     method = methods.of(cfg)
     label = method.label(cfg)
     impl = method.impl(cfg)
@@ -87,7 +94,7 @@ def run(cfg: DictConfig) -> dict | None:
         "seed": cfg.seed,
         "model": cfg.model.name,
         "quant": cfg.quant,
-        "weights": models.weights_of(cfg.model) if cfg.model.pretrained else None,
+        **inputs,
         "trainable_params": trainable,
         "total_params": total,
         "trainable_pct": 100 * trainable / total,
@@ -129,6 +136,8 @@ def run(cfg: DictConfig) -> dict | None:
         record["collapsed"] = store.collapse(frame["pred"], frame["label"])
     store.write(path, store.Record(**record))
     result = f"accuracy {record['accuracy']:.4f}" if record["status"] == "complete" else record["reason"]
+    if record.get("collapsed"):
+        result += f" (collapsed: {record['collapsed']}; expected of tiny runs like experiment=smoke)"
     print(f"[lora-lab] {name}: {record['status']}: {result} -> {path}")
     return record
 

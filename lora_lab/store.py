@@ -70,6 +70,7 @@ class Record:
     impl: str | None = None  # ours | peft (methods with an implementation)
     quant: str | None = None
     weights: dict | None = None  # pretrained weights loaded: {"source", "file", "sha256"} (models.weights_of)
+    data: dict | None = None  # {"train"|"eval": {"examples", "sha256"}} (data.fingerprint) of what it ran on
     trainable_params: int | None = None
     total_params: int | None = None
     trainable_pct: float | None = None
@@ -156,6 +157,39 @@ def run_name(cfg: DictConfig) -> str:
 
 def run_dir(cfg: DictConfig) -> Path:
     return Path(cfg.results_dir) / cfg.experiment_name / "runs"
+
+
+def finished(path: Path, inputs: dict) -> bool:
+    """Whether the record at `path` is a complete run on these `inputs` (data and weights fingerprints) with
+    its predictions in place. A complete record made on other inputs is an error naming both: its name says
+    the same settings, so only a rerun (force=true) or another experiment_name may replace it. Records made
+    before a fingerprint existed are taken as they are for that part."""
+    record = read(path)
+    if not record or record.get("status") != "complete":
+        return False
+    preds = record.get("predictions")
+    if preds and not (path.parent / preds["file"]).is_file():
+        print(f"[lora-lab] {path.stem}: its predictions file {preds['file']} is missing; running it again")
+        return False
+    theirs = {"data": record.get("data"), "weights": (record.get("weights") or {}).get("sha256")}
+    ours = {"data": inputs["data"], "weights": (inputs["weights"] or {}).get("sha256")}
+    for key in ("data", "weights"):
+        if theirs[key] is not None and theirs[key] != ours[key]:
+            raise ValueError(
+                f"{path} finished on other {key} ({_short(theirs[key])}) than this run would read "
+                f"({_short(ours[key])}); point the run at the {key} it ran on, rerun it with force=true, or "
+                "give this one another experiment_name"
+            )
+    return True
+
+
+def _short(fingerprint: object) -> str:
+    """A fingerprint as one short phrase: sha256 prefixes and sizes."""
+    if isinstance(fingerprint, dict):
+        return ", ".join(
+            f"{k}: {v['examples']} examples, sha256 {v['sha256'][:12]}" for k, v in fingerprint.items()
+        )
+    return f"sha256 {str(fingerprint)[:12]}"
 
 
 def read(path: Path) -> dict | None:

@@ -101,7 +101,7 @@ def test_dev_split_holds_reviews_out_of_training_and_leaves_test_alone(tmp_path)
         data.check(cfg)
         return tuple(
             tokenizer.batch_decode([s.ids[s.offsets[i] : s.offsets[i + 1]] for i in range(len(s))])
-            for s in data.load_splits(cfg, tokenizer, seed=0, progress=False)
+            for s in (data.tokenize(f, tokenizer, 16, cfg.cache_dir, False) for f in data.splits(cfg, seed=0))
         )
 
     fit, test = splits()

@@ -117,6 +117,40 @@ def test_resume_skips_complete_runs_and_force_reruns(tmp_path, token_cache) -> N
     assert rerun["name"] == record["name"] and rerun["finished_at"] >= record["finished_at"]
 
 
+def reviews(folder: Path, word: str) -> Path:
+    """A parquet IMDB-style folder of 64 train and 48 test reviews, every text built around `word`."""
+    folder.mkdir(parents=True, exist_ok=True)
+    for split, n in (("train", 64), ("test", 48)):
+        texts = [f"{word} review {i}: {'good' if i % 2 else 'bad'} film" for i in range(n)]
+        pd.DataFrame({"text": texts, "label": [i % 2 for i in range(n)]}).to_parquet(
+            folder / f"{split}.parquet"
+        )
+    return folder
+
+
+def test_a_finished_run_counts_only_on_the_data_it_ran_on(tmp_path, token_cache) -> None:
+    folder = tmp_path / "reviews"
+    setting = [*TINY, "data.train_size=48", "data.eval_size=32", f"data.source={reviews(folder, 'first')}"]
+    first = cli(tmp_path, token_cache, *setting)
+    assert first.returncode == 0, first.stderr[-2000:]
+    [record] = records(tmp_path)
+    assert record["data"]["eval"]["examples"] == 32 and len(record["data"]["train"]["sha256"]) == 64
+    reviews(folder, "other")  # the same folder, the same settings, other reviews in it
+    changed = cli(tmp_path, token_cache, *setting)
+    assert changed.returncode == 2 and "skipped" not in changed.stdout
+    [line] = changed.stderr.strip().splitlines()
+    assert f"{record['name']}.json finished on other data (eval: 32 examples, sha256 " in line
+    assert "force=true" in line and records(tmp_path) == [record]
+    forced = cli(tmp_path, token_cache, *setting, "force=true")
+    assert forced.returncode == 0, forced.stderr[-2000:]
+    [rerun] = records(tmp_path)
+    assert rerun["name"] == record["name"] and rerun["data"] != record["data"]
+    (tmp_path / "results" / "default" / "runs" / rerun["predictions"]["file"]).unlink()
+    again = cli(tmp_path, token_cache, *setting)
+    assert again.returncode == 0 and "predictions file" in again.stdout and "running it again" in again.stdout
+    assert (tmp_path / "results" / "default" / "runs" / rerun["predictions"]["file"]).is_file()
+
+
 def test_non_finite_loss_fails_that_run_and_the_sweep_goes_on(tmp_path, token_cache) -> None:
     out = cli(tmp_path, token_cache, "-m", *TINY, "method=full", "method.lr=1e30,1e-3")
     assert out.returncode == 0, out.stderr[-2000:]

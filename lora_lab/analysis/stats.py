@@ -72,9 +72,10 @@ class Crossed:
         k, n = seeds or self.seeds, examples or self.examples
         if k == 1:
             return math.sqrt(self.example_var / n), n - 1
-        # var(mean) as two parts: the seeds' mean square / (k n), on k - 1 degrees of freedom even where the
-        # seeds scatter no more than the residual explains (pooling them then would trust 2 df of evidence that
-        # seeds do not matter), and the examples' share, on about n - 1 (many: it barely moves the total)
+        # var(mean) as two parts: the seeds' mean square / (k n), on k - 1 degrees of freedom even where
+        # the seeds scatter no more than the residual explains (pooling them then would trust 2 df of
+        # evidence that seeds do not matter), and the examples' share, on about n - 1 (many: it barely
+        # moves the total)
         terms = [(self.seed_var / k + self.residual_var / (k * n), k - 1)]
         if math.isfinite(n):
             terms.append((self.example_var / n, n - 1))
