@@ -8,7 +8,8 @@ others leave its run identity). Adding a kind is one class here plus a file in c
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from pathlib import Path
 
 import torch
@@ -78,6 +79,22 @@ class Method:
         """The model with its adapter folded into the base weights (inference at the base's cost), in
         place; None for methods whose additions cannot be folded."""
         return None
+
+    def unmerge(self, model: nn.Module) -> None:
+        """Undo `merge`: the adapter apart from the base weights again, as it trained."""
+        raise NotImplementedError
+
+    @contextmanager
+    def merged(self, model: nn.Module, cfg: DictConfig) -> Iterator[nn.Module]:
+        """`model` with its additions folded into the base weights inside the block (the same function up to
+        rounding, at the base's cost) and unfolded after, so that what is saved is what trained. A 4-bit
+        base cannot take them, and methods that do not fold stay as they are."""
+        folded = not cfg.quant and self.merge(model) is not None
+        try:
+            yield model
+        finally:
+            if folded:
+                self.unmerge(model)
 
 
 class HeadOnly(Method):
@@ -157,6 +174,9 @@ class LoRA(Method):
 
     def merge(self, model: nn.Module) -> nn.Module:
         return _peft_merge(model) if _is_peft(model) else lora.merge(model)
+
+    def unmerge(self, model: nn.Module) -> None:
+        model.unmerge_adapter() if _is_peft(model) else lora.unmerge(model)
 
 
 def _variants(cfg: DictConfig) -> list[tuple[str, str]]:
@@ -250,6 +270,13 @@ class IA3(Method):
         for layer in ia3.ia3_layers(model):
             layer.merge()
         return model
+
+    def unmerge(self, model: nn.Module) -> None:
+        if _is_peft(model):
+            model.unmerge_adapter()
+            return
+        for layer in ia3.ia3_layers(model):
+            layer.unmerge()
 
 
 def _is_peft(model: nn.Module) -> bool:

@@ -10,6 +10,7 @@ import os
 import shutil
 import sys
 import time
+from contextlib import nullcontext
 from pathlib import Path
 
 import hydra
@@ -56,6 +57,7 @@ def run(cfg: DictConfig) -> dict | None:
     if not cfg.force and store.finished(path, inputs):
         print(f"[lora-lab] {name}: complete already, skipped (force=true reruns it)")
         return None
+    loading = time.perf_counter()
     if cfg.trainer.num_threads:
         torch.set_num_threads(cfg.trainer.num_threads)
 
@@ -103,6 +105,7 @@ def run(cfg: DictConfig) -> dict | None:
         "config": resolved,
         **store.provenance(),
     }
+    record["load_s"] = time.perf_counter() - loading
     with store.wandb_run(cfg, name) as wandb:
         started = time.time()
         try:
@@ -115,6 +118,7 @@ def run(cfg: DictConfig) -> dict | None:
                 cfg.seed,
                 tokenizer.pad_token_id,
                 pad_left=tokenizer.padding_side == "left",
+                scoring=method.merged(model, cfg) if cfg.trainer.merge_eval else nullcontext(),
             )
             predictions = metrics.pop("predictions")
             record.update(metrics, status="complete")

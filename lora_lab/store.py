@@ -38,6 +38,7 @@ NOT_IDENTITY = (
     "results_dir",
     "trainer.progress",
     "trainer.save_adapter",
+    "trainer.merge_eval",  # the same function up to rounding, like the device
     "trainer.num_threads",
     "trainer.device",
     "data.cache_dir",
@@ -85,7 +86,9 @@ class Record:
     collapsed: str | None = None  # why the run counts as collapsed (store.collapse); None: it learned
     train_loss_curve: list | None = None
     steps: int | None = None
+    load_s: float | None = None  # from the start of the run to its first training step: model, data, tokens
     train_wall_s: float | None = None
+    eval_wall_s: float | None = None  # scoring the evaluation set
     train_examples_per_s: float | None = None
     train_tokens_per_s: float | None = None
     peak_memory_mb: float | None = None

@@ -7,6 +7,7 @@ import math
 import resource
 import sys
 import time
+from contextlib import AbstractContextManager, nullcontext
 from pathlib import Path
 
 import torch
@@ -41,6 +42,8 @@ def check(cfg: DictConfig) -> None:
     clip = cfg.grad_clip
     ok = clip is None or (is_number(clip) and clip > 0)
     require(ok, "trainer.grad_clip", clip, "a max gradient norm > 0, or null for no clipping")
+    for key in ("merge_eval", "save_adapter", "progress", "gradient_checkpointing"):
+        require(isinstance(cfg[key], bool), f"trainer.{key}", cfg[key], "true or false")
     device = str(cfg.device)
     ok = device in ("auto", "cpu", "cuda") or (device.startswith("cuda:") and device[5:].isdigit())
     require(ok, "trainer.device", cfg.device, "auto, cpu, cuda or cuda:N")
@@ -141,8 +144,10 @@ def fit(
     seed: int,
     pad_id: int,
     pad_left: bool = False,
+    scoring: AbstractContextManager | None = None,
 ) -> dict:
-    """Train `model` on `train`, evaluate on `evaluation`; returns the metrics a run record keeps.
+    """Train `model` on `train`, evaluate on `evaluation` inside `scoring` (e.g. the method's merged
+    weights); returns the metrics a run record keeps.
 
     `cfg` is the trainer config. Raises NonFiniteLoss when the loss stops being finite; the loss is read
     (and checked) once per `log_every` steps, so a GPU is not made to wait every step.
@@ -188,18 +193,22 @@ def fit(
             bar.update()
     wall = time.perf_counter() - start
     bar.close()
-    metrics = evaluate(
-        model, evaluation, cfg.eval_batch_size, pad_id, device, precision, pad_left, cfg.progress
-    )
+    peak = peak_memory_mb(device)  # training's peak, before scoring adds its own batches
+    start = time.perf_counter()
+    with scoring or nullcontext():
+        metrics = evaluate(
+            model, evaluation, cfg.eval_batch_size, pad_id, device, precision, pad_left, cfg.progress
+        )
     return {
         **metrics,
+        "eval_wall_s": time.perf_counter() - start,
         "precision": precision,
         "train_loss_curve": losses,
         "steps": step,
         "train_wall_s": wall,
         "train_examples_per_s": seen / wall if wall > 0 else None,
         "train_tokens_per_s": tokens / wall if wall > 0 else None,
-        "peak_memory_mb": peak_memory_mb(device),
+        "peak_memory_mb": peak,
     }
 
 

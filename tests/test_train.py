@@ -1,4 +1,4 @@
-"""Pieces of the training loop: the schedule, the metrics, per-run peak memory."""
+"""Pieces of the training loop: the schedule, the metrics, per-run peak memory, scoring merged."""
 
 from __future__ import annotations
 
@@ -8,7 +8,10 @@ from pathlib import Path
 
 import pytest
 import torch
+from conftest import tiny_model
 
+from lora_lab import methods
+from lora_lab.config import compose
 from lora_lab.data import Encoded
 from lora_lab.train import evaluate, linear_schedule
 
@@ -62,3 +65,42 @@ def test_peak_memory_is_per_run_after_a_reset() -> None:
     out = subprocess.run([sys.executable, "-c", PEAK_CHILD], capture_output=True, text=True, check=True)
     high, after = map(float, out.stdout.split())
     assert after < high - 300
+
+
+@pytest.mark.parametrize(
+    "overrides",
+    [
+        ["method=attn_ffn_r8"],
+        ["method=attn_ffn_r8", "impl=peft"],
+        ["method=dora_attn_ffn_r8"],
+        ["method=ia3"],
+        ["method=ia3", "impl=peft"],
+        ["method=prompt_tuning"],
+    ],
+    ids=lambda o: " ".join(o),
+)
+def test_scoring_merged_gives_the_unmerged_predictions_and_leaves_the_trained_model(overrides) -> None:
+    cfg = compose(overrides)
+    method = methods.of(cfg)
+    model = methods.prepare(tiny_model("bert"), cfg)
+    with torch.no_grad():  # a trained adapter: every trainable tensor moved off its start
+        for p in model.parameters():
+            if p.requires_grad:
+                p.add_(0.05 * torch.randn_like(p))
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    n = 24
+    lengths = torch.randint(4, 12, (n,))
+    data = Encoded(
+        ids=torch.randint(1, 100, (int(lengths.sum()),), dtype=torch.int32),
+        offsets=torch.cat([torch.zeros(1, dtype=torch.long), lengths.cumsum(0)]),
+        labels=torch.randint(0, 2, (n,)),
+    )
+    score = lambda: evaluate(model, data, 8, 0, torch.device("cpu"), progress=False)  # noqa: E731
+    unmerged = score()
+    with method.merged(model, cfg):
+        merged = score()
+    assert merged["predictions"]["prob_pos"] == pytest.approx(unmerged["predictions"]["prob_pos"], abs=1e-5)
+    assert merged["eval_loss"] == pytest.approx(unmerged["eval_loss"], abs=1e-5)
+    after = model.state_dict()
+    assert after.keys() == before.keys()
+    assert all(torch.allclose(after[k], before[k], atol=1e-6) for k in before)
