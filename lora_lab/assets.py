@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import os
 import socket
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from functools import cache
 from pathlib import Path
 from urllib.parse import urlparse
@@ -43,17 +43,19 @@ def unreachable(url: str) -> str | None:
     return None
 
 
-def on_disk(hub_id: str, local: str | None) -> str | None:
-    """`hub_id` itself when it is a path, else the folder `local` under the asset root when that exists."""
+def on_disk(hub_id: str, local: Mapping | None) -> str | None:
+    """`hub_id` itself when it is a path, else the folder `local.path` under the asset root when that exists
+    and holds `hub_id` (`local.holds`): a local copy serves only the name it is a copy of, so asking for
+    another model or dataset never quietly gets this one."""
     if is_path(hub_id):
         return str(Path(hub_id).expanduser())
     root = asset_root()
-    if local and root is not None and (root / local).exists():
-        return str(root / local)
+    if local and local["holds"] == hub_id and root is not None and (root / local["path"]).exists():
+        return str(root / local["path"])
     return None
 
 
-def resolve(hub_id: str, local: str | None, what: str, hint: Callable[[], str] | None = None) -> str:
+def resolve(hub_id: str, local: Mapping | None, what: str, hint: Callable[[], str] | None = None) -> str:
     """The copy on disk (`on_disk`), else the Hub id once the Hub has answered (or HF_HUB_OFFLINE=1 says to
     use the cache). `what` and `hint()` go into the error: what was being loaded, and which settings would
     work here instead."""
@@ -70,7 +72,7 @@ def resolve(hub_id: str, local: str | None, what: str, hint: Callable[[], str] |
     return hub_id
 
 
-def describe_lookup(hub_id: str, local: str | None) -> str:
+def describe_lookup(hub_id: str, local: Mapping | None) -> str:
     """One line saying what was tried, for errors after the Hub (or the cache) did not have it."""
     return (
         f"not under {_local_place(local)}, and the Hub id {hub_id!r} failed "
@@ -78,12 +80,13 @@ def describe_lookup(hub_id: str, local: str | None) -> str:
     )
 
 
-def _local_place(local: str | None) -> str:
+def _local_place(local: Mapping | None) -> str:
     root = asset_root()
     if not local:
         return "the asset root (this config names no local folder)"
-    return str(root / local) if root else f"${ENV_VAR}/{local} (${ENV_VAR} is not set)"
+    place = str(root / local["path"]) if root else f"${ENV_VAR}/{local['path']} (${ENV_VAR} is not set)"
+    return f"{place} (a copy of {local['holds']} only)"
 
 
-def _fix(local: str | None) -> str:
-    return f"set {ENV_VAR} to a folder holding {local}" if local else "pass a local path"
+def _fix(local: Mapping | None) -> str:
+    return f"set {ENV_VAR} to a folder holding {local['path']}" if local else "pass a local path"

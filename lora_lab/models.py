@@ -174,7 +174,7 @@ def _offline_hint() -> str:
     names = []
     for path in sorted((CONF_DIR / "model").glob("*.yaml")):
         preset = OmegaConf.load(path)
-        if root and preset.get("pretrained") and preset.get("local") and (root / preset.local).is_dir():
+        if root and preset.get("pretrained") and preset.get("local") and (root / preset.local.path).is_dir():
             names.append(f"model={path.stem}")
     if names:
         return f"use a model whose files are under ${assets.ENV_VAR} ({', '.join(names)})"

@@ -31,6 +31,8 @@ USER_ERRORS = (ValueError, FileNotFoundError, HydraException, OmegaConfBaseExcep
 def check(cfg: DictConfig) -> None:
     """Every setting that can be checked without loading anything, so bad input fails in a second."""
     require(is_int(cfg.seed) and 0 <= cfg.seed < 2**32, "seed", cfg.seed, "an integer in [0, 2**32)")
+    for key in ("force", "double_quant"):
+        require(isinstance(cfg[key], bool), key, cfg[key], "true or false")
     methods.check(cfg)
     train.check(cfg.trainer)
     data.check(cfg.data)

@@ -61,7 +61,8 @@ def test_shared_parquet_is_full_imdb() -> None:
 def load_from_hub(tmp_path: Path, **env: str) -> tuple[subprocess.CompletedProcess, float]:
     code = (
         "from omegaconf import OmegaConf; from lora_lab import data; "
-        "data.load_imdb(OmegaConf.create({'source': 'stanfordnlp/imdb', 'local': 'data/imdb'}))"
+        "data.load_imdb(OmegaConf.create({'source': 'stanfordnlp/imdb', "
+        "'local': {'holds': 'stanfordnlp/imdb', 'path': 'data/imdb'}}))"
     )
     inherited = {k: v for k, v in os.environ.items() if k not in ("HF_HUB_OFFLINE", "HF_DATASETS_OFFLINE")}
     env = {**inherited, "LORA_LAB_ASSETS": str(tmp_path), "HF_HOME": str(tmp_path / "hf"), **env}
@@ -74,7 +75,7 @@ def test_unreachable_hub_is_found_out_at_once(tmp_path) -> None:
     # A closed local port stands in for a Hub this machine cannot reach.
     out, seconds = load_from_hub(tmp_path, HF_ENDPOINT="http://127.0.0.1:9")
     assert out.returncode != 0 and seconds < 30
-    assert f"data.source 'stanfordnlp/imdb' is not under {tmp_path}/data/imdb" in out.stderr
+    assert f"data.source 'stanfordnlp/imdb' is not under {tmp_path}/data/imdb (a copy of" in out.stderr
     assert "the Hugging Face Hub is unreachable (127.0.0.1:" in out.stderr
     assert "set LORA_LAB_ASSETS to a folder holding data/imdb" in out.stderr
 

@@ -13,7 +13,7 @@ import pytest
 from conftest import ASSETS, requires_assets
 from hydra.core.global_hydra import GlobalHydra
 
-from lora_lab import run
+from lora_lab import assets, run
 
 pytestmark = requires_assets
 
@@ -246,6 +246,15 @@ BAD_INPUT = [  # (overrides, what the one line must say)
     ([empty_dataset], "the train split holds no examples"),
     (["data.train_size=30000"], "data.train_size=30000 but the split has 25000 examples"),
     (["-m", "rank=4,8", "trainer.max_steps=0"], "trainer.max_steps=0 is not allowed"),
+    # the local copies serve only the names they hold: another name goes to the Hub (stubbed unreachable)
+    (["data.source=someone/other-reviews"], "data.source 'someone/other-reviews' is not under"),
+    (["model=minilm", "model.name=someone/other-model"], "'someone/other-model' is not under"),
+    (["trainer.merge_eval=no"], "trainer.merge_eval='no' is not allowed; use true or false"),
+    (["use_dora=no"], "use_dora must be true or false, got 'no'"),
+    (["use_rslora=abc"], "use_rslora must be true or false, got 'abc'"),
+    (["force=no"], "force='no' is not allowed; use true or false"),
+    (["alpha=abc"], "alpha must be > 0, got 'abc'"),
+    (["dropout=abc"], "dropout must be in [0, 1), got 'abc'"),
 ]
 
 
@@ -265,6 +274,7 @@ def test_bad_input_gives_one_line_exit_2_and_no_files(
     monkeypatch.setenv("LORA_LAB_ASSETS", str(ASSETS))
     monkeypatch.setenv("LORA_LAB_CACHE", str(token_cache))
     monkeypatch.delenv("HYDRA_FULL_ERROR", raising=False)  # cli() sets it for Hydra; monkeypatch restores
+    monkeypatch.setattr(assets, "unreachable", lambda url: "no network in this test")
     monkeypatch.chdir(tmp_path)
     try:
         with pytest.raises(SystemExit) as exit_code:

@@ -40,7 +40,7 @@ def test_lora_runs_differ_by_impl_rank_seed_and_data_but_not_by_display_settings
 
 def test_where_files_are_found_is_not_identity_and_new_null_settings_change_nothing() -> None:
     base = name("method=qv_r8")
-    assert name("method=qv_r8", "data.cache_dir=/elsewhere", "model.local=other/folder") == base
+    assert name("method=qv_r8", "data.cache_dir=/elsewhere", "model.local.path=other/folder") == base
     assert name("method=qv_r8", "trainer.device=cpu", "trainer.num_threads=2") == base
     assert name("method=qv_r8", "+model.gguf_file=null") == base  # an option added later, left null
     assert name("method=qv_r8", "trainer.precision=bf16") != name("method=qv_r8", "trainer.precision=fp32")

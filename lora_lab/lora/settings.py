@@ -57,12 +57,19 @@ class LoRASettings:
                 f"rank={rank} exceeds min(d_in, d_out)={min(d_in, d_out)} of a {d_in}x{d_out} layer; "
                 f"use rank <= {min(d_in, d_out)}"
             )
-        if not self.alpha > 0:
+        if not (_is_number(self.alpha) and self.alpha > 0):
             raise ValueError(f"alpha must be > 0, got {self.alpha!r}; the usual choice is alpha=2*rank")
-        if not 0 <= self.dropout < 1:
+        if not (_is_number(self.dropout) and 0 <= self.dropout < 1):
             raise ValueError(f"dropout must be in [0, 1), got {self.dropout!r}")
+        for flag in ("use_rslora", "use_dora"):
+            if not isinstance(getattr(self, flag), bool):
+                raise ValueError(f"{flag} must be true or false, got {getattr(self, flag)!r}")
         if self.init not in INITS:
             raise ValueError(f"init must be one of {INITS}, got {self.init!r}")
+
+
+def _is_number(value: object) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
 
 
 def to_peft(settings: LoRASettings, targets: Sequence[str] | str, modules_to_save: Sequence[str]) -> dict:
