@@ -28,11 +28,13 @@ import torch
 from omegaconf import DictConfig
 from torch import nn
 
-from lora_lab import assets, config, dropout, methods, models, params, quant
+from lora_lab import assets, config, dropout, lora, methods, models, params, quant
 from lora_lab.train import (
+    DTYPES,
     PRECISIONS,
     autocast,
     enable_checkpointing,
+    optimizer_for,
     peak_memory_mb,
     pick_cheap_dropout,
     pick_device,
@@ -65,10 +67,10 @@ def build(args: argparse.Namespace, variant: str) -> tuple[nn.Module, methods.Me
     if args.cheap_dropout:
         dropout.install(model)
     if cfg.quant:
-        quant.quantize_nf4(model, cfg.double_quant, on_cuda=args.device_type == "cuda")
+        quant.quantize_nf4(model, cfg.double_quant, DTYPES[args.precision])
     if variant == "floor":  # head-only, plus gradients flowing back through the whole frozen stack
         model.get_input_embeddings().register_forward_hook(lambda _m, _i, out: out.requires_grad_(True))
-    model = methods.prepare(model, cfg)
+    model = lora.use_cheap_dropout(methods.prepare(model, cfg), args.cheap_dropout)
     if args.checkpointing:  # as trainer.gradient_checkpointing does it
         enable_checkpointing(model)
     return model, methods.of(cfg)
@@ -129,7 +131,7 @@ def bench_training(args: argparse.Namespace, device: torch.device) -> dict[str, 
     jobs = {}
     for variant in train_variants(args):
         model = build(args, variant)[0].to(device).train()
-        optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-5)
+        optimizer = optimizer_for(model, 1e-5, 0.0, device)  # the runner's: fused on CUDA
         batch = fake_batch(model, args, device)
         jobs[variant] = lambda m=model, b=batch, o=optimizer: train_step(
             m, b, o, GRAD_CLIP, device, args.precision
@@ -174,7 +176,7 @@ def bench_memory(args: argparse.Namespace, argv: list[str]) -> dict[str, dict[st
 
 def memory_child(args: argparse.Namespace, device: torch.device) -> None:
     model = build(args, args.memory_child)[0].to(device).train()
-    optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-5)
+    optimizer = optimizer_for(model, 1e-5, 0.0, device)
     batch = fake_batch(model, args, device)
     reset_peak_memory(device)
     for _ in range(3):
@@ -349,7 +351,6 @@ def main(argv: list[str] | None = None) -> None:
     if args.threads:
         torch.set_num_threads(args.threads)
     device = pick_device(args.device)
-    args.device_type = device.type
     args.precision = pick_precision(args.precision, device)
     setting = {"true": True, "false": False}.get(args.cheap_dropout, "auto")
     args.cheap_dropout = pick_cheap_dropout(setting, device)

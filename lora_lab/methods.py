@@ -238,6 +238,14 @@ class IA3(Method):
     impls = IMPLS
     settings = ("impl",)
 
+    def check(self, cfg: DictConfig) -> None:
+        super().check(cfg)
+        if cfg.get("quant"):
+            raise ValueError(
+                "quant=nf4 stores the base in 4-bit integers, which IA3's scaling vectors cannot multiply "
+                "in place; use quant=null with method=ia3, or a LoRA method on the 4-bit base"
+            )
+
     def prepare(self, model: nn.Module, cfg: DictConfig) -> nn.Module:
         family = family_of(model)
         targets = lora.resolve_targets(model, f"{family.keys_values}|{family.ffn_out}")

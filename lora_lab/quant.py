@@ -2,7 +2,7 @@
 
 The same Linear4bit modules serve both impls: PEFT wraps them with its bitsandbytes LoRA layer, ours wraps
 them with LoRALinear (Linear4bit is an nn.Linear). bitsandbytes >= 0.46 runs NF4 on the CPU too (slowly,
-without its optional kernels), so the path is testable here; on CUDA the compute dtype is bf16.
+without its optional kernels), so the path is testable here; the compute dtype follows the run's precision.
 """
 
 from __future__ import annotations
@@ -13,10 +13,12 @@ from torch import nn
 from lora_lab.lora.inject import is_head
 
 
-def quantize_nf4(model: nn.Module, double_quant: bool = False, on_cuda: bool = False) -> nn.Module:
-    """Replace every nn.Linear outside the output head by an NF4 Linear4bit holding the same weights;
-    it computes in bf16 on CUDA, in fp32 on the CPU."""
-    compute_dtype = torch.bfloat16 if on_cuda else torch.float32
+def quantize_nf4(
+    model: nn.Module, double_quant: bool = False, compute_dtype: torch.dtype = torch.float32
+) -> nn.Module:
+    """Replace every nn.Linear outside the output head by an NF4 Linear4bit holding the same weights,
+    de-quantised to `compute_dtype` to multiply: the run's precision (train.DTYPES), so that a record saying
+    fp32 computed in fp32."""
     try:
         import bitsandbytes as bnb
     except ImportError as err:

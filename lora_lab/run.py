@@ -20,7 +20,7 @@ from hydra.errors import HydraException, MissingConfigException, OverrideParseEx
 from omegaconf import DictConfig
 from omegaconf.errors import OmegaConfBaseException
 
-from lora_lab import config, data, dropout, methods, models, params, quant, store, train
+from lora_lab import config, data, dropout, lora, methods, models, params, quant, store, train
 from lora_lab.config import is_int, require
 from lora_lab.train import NonFiniteLoss, fit, pick_cheap_dropout, pick_device, pick_precision
 
@@ -40,8 +40,11 @@ def check(cfg: DictConfig) -> None:
 
 def settle(cfg: DictConfig, device: torch.device) -> None:
     """Resolve the `auto` settings that change what a run computes, in place, before its identity is taken."""
+    cfg.trainer.device = str(device)  # outside identity; the record says where it ran
     cfg.trainer.precision = pick_precision(cfg.trainer.precision, device)
     cfg.trainer.cheap_dropout = pick_cheap_dropout(cfg.trainer.cheap_dropout, device)
+    # TF32 exists on CUDA only; null there and off elsewhere, so only a run that used it carries it
+    cfg.trainer.tf32 = True if cfg.trainer.tf32 and device.type == "cuda" else None
 
 
 def run(cfg: DictConfig) -> dict | None:
@@ -70,8 +73,8 @@ def run(cfg: DictConfig) -> dict | None:
     if cfg.trainer.cheap_dropout:
         dropout.install(model)
     if cfg.quant:
-        quant.quantize_nf4(model, cfg.double_quant, on_cuda=device.type == "cuda")
-    model = methods.prepare(model, cfg)
+        quant.quantize_nf4(model, cfg.double_quant, train.DTYPES[cfg.trainer.precision])
+    model = lora.use_cheap_dropout(methods.prepare(model, cfg), cfg.trainer.cheap_dropout)
     trainable, total = params.count(model)
     train_set, eval_set = (
         data.tokenize(f, tokenizer, cfg.data.max_length, cfg.data.cache_dir, cfg.trainer.progress)

@@ -17,7 +17,7 @@ import subprocess
 from collections.abc import Iterator
 from contextlib import contextmanager
 from functools import cache
-from importlib.metadata import version
+from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 
 import numpy as np
@@ -49,7 +49,7 @@ NOT_IDENTITY = (
     "head_lr",
     "full_lr",
 )
-LIBRARIES = ("torch", "transformers", "peft", "datasets", "hydra-core")
+LIBRARIES = ("torch", "transformers", "peft", "datasets", "hydra-core", "bitsandbytes")
 
 
 @dataclasses.dataclass
@@ -91,7 +91,9 @@ class Record:
     eval_wall_s: float | None = None  # scoring the evaluation set
     train_examples_per_s: float | None = None
     train_tokens_per_s: float | None = None
-    peak_memory_mb: float | None = None
+    peak_memory_mb: float | None = None  # training's peak, before scoring
+    peak_memory_of: str | None = None  # what peak_memory_mb measures: CUDA tensors, or the process's RSS
+    gpu: dict | None = None  # train.gpu_of: name, capability, memory, CUDA and driver versions
     adapter_bytes: int | None = None
     finished_at: str | None = None
     wall_s: float | None = None
@@ -261,12 +263,20 @@ def provenance() -> dict:
     except (OSError, subprocess.CalledProcessError):
         commit, dirty = None, None
     return {
-        "versions": {lib: version(lib) for lib in LIBRARIES},
+        "versions": {lib: _version(lib) for lib in LIBRARIES},
         "git_commit": commit,
         "git_dirty": dirty,
         "python": platform.python_version(),
         "machine": f"{platform.machine()}, {os.cpu_count()} cpus, {_cpu_bf16()} bf16",
     }
+
+
+def _version(library: str) -> str | None:
+    """The installed version, or None for an optional library that is not installed (bitsandbytes)."""
+    try:
+        return version(library)
+    except PackageNotFoundError:
+        return None
 
 
 def _cpu_bf16() -> str:

@@ -23,7 +23,8 @@ class NonFiniteLoss(RuntimeError):
     """The loss became NaN or inf: the run is recorded as failed and the sweep goes on."""
 
 
-PRECISIONS = ("auto", "bf16", "fp32")
+PRECISIONS = ("auto", "bf16", "fp16", "fp32")
+DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}  # what autocast computes in
 CHEAP_DROPOUT = ("auto", True, False)
 
 
@@ -44,6 +45,7 @@ def check(cfg: DictConfig) -> None:
     require(ok, "trainer.grad_clip", clip, "a max gradient norm > 0, or null for no clipping")
     for key in ("merge_eval", "save_adapter", "progress", "gradient_checkpointing"):
         require(isinstance(cfg[key], bool), f"trainer.{key}", cfg[key], "true or false")
+    require(cfg.tf32 in (None, True, False), "trainer.tf32", cfg.tf32, "true, false or null")
     device = str(cfg.device)
     ok = device in ("auto", "cpu", "cuda") or (device.startswith("cuda:") and device[5:].isdigit())
     require(ok, "trainer.device", cfg.device, "auto, cpu, cuda or cuda:N")
@@ -58,15 +60,16 @@ def pick_device(name: str) -> torch.device:
 
 
 def pick_precision(name: str, device: torch.device) -> str:
-    """trainer.precision resolved to bf16 or fp32. auto: bf16 where the hardware multiplies bf16 natively
-    (CUDA with bf16, CPUs with AVX512-BF16 or AMX), else fp32: emulated bf16 on other CPUs is far slower."""
+    """trainer.precision resolved to bf16, fp16 or fp32. auto: bf16 where the hardware multiplies bf16
+    natively (GPUs of compute capability 8.0 and up; CPUs with AVX512-BF16 or AMX); fp16 with a gradient
+    scaler on older GPUs (a T4 or V100 only emulates bf16, slowly); fp32 on other CPUs, where emulated bf16 is
+    far slower. torch's own bf16 query counts emulation unless told not to."""
     require(name in PRECISIONS, "trainer.precision", name, f"one of {PRECISIONS}")
     if name != "auto":
         return name
     if device.type == "cuda":
-        native = torch.cuda.is_bf16_supported()
-    else:
-        native = torch.cpu._is_avx512_bf16_supported() or torch.cpu._is_amx_tile_supported()
+        return "bf16" if torch.cuda.is_bf16_supported(including_emulation=False) else "fp16"
+    native = torch.cpu._is_avx512_bf16_supported() or torch.cpu._is_amx_tile_supported()
     return "bf16" if native else "fp32"
 
 
@@ -78,8 +81,14 @@ def pick_cheap_dropout(setting: str | bool, device: torch.device) -> bool:
 
 
 def autocast(device: torch.device, precision: str) -> torch.autocast:
-    """bf16 autocast (matmuls in bf16; weights, gradients and optimizer state stay fp32), or a no-op."""
-    return torch.autocast(device.type, dtype=torch.bfloat16, enabled=precision == "bf16")
+    """bf16 or fp16 autocast (matmuls in that dtype; weights, gradients and optimizer state stay fp32), or a
+    no-op for fp32."""
+    return torch.autocast(device.type, dtype=DTYPES[precision], enabled=precision != "fp32")
+
+
+def grad_scaler(device: torch.device, precision: str) -> torch.amp.GradScaler:
+    """fp16's loss scaling (its gradients would underflow unscaled); a pass-through for bf16 and fp32."""
+    return torch.amp.GradScaler(device.type, enabled=precision == "fp16")
 
 
 def optimizer_for(
@@ -122,15 +131,21 @@ def train_step(
     grad_clip: float | None,
     device: torch.device,
     precision: str,
+    scaler: torch.amp.GradScaler | None = None,
 ) -> torch.Tensor:
-    """One optimiser step; returns the loss as a tensor on the device (reading it would wait for the GPU)."""
+    """One optimiser step; returns the loss as a tensor on the device (reading it would wait for the GPU).
+    With fp16, `scaler` scales the loss, unscales before clipping, and skips a step whose gradients
+    overflowed."""
+    scaler = scaler or grad_scaler(device, precision)
     with autocast(device, precision):
         loss = model(**batch).loss
-    loss.backward()
+    scaler.scale(loss).backward()
     if grad_clip is not None:
+        scaler.unscale_(optimizer)
         params = [p for group in optimizer.param_groups for p in group["params"]]
         torch.nn.utils.clip_grad_norm_(params, grad_clip)
-    optimizer.step()
+    scaler.step(optimizer)
+    scaler.update()
     optimizer.zero_grad(set_to_none=True)
     return loss.detach()
 
@@ -154,6 +169,7 @@ def fit(
     """
     device = pick_device(cfg.device)
     precision = pick_precision(cfg.precision, device)
+    torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = bool(cfg.tf32)
     model.to(device)
     if cfg.gradient_checkpointing:
         enable_checkpointing(model)
@@ -165,6 +181,7 @@ def fit(
     )
     optimizer = optimizer_for(model, lr, cfg.weight_decay, device)
     schedule = linear_schedule(optimizer, round(cfg.warmup_ratio * total), total)
+    scaler = grad_scaler(device, precision)
     reset_peak_memory(device)
 
     torch.manual_seed(seed)  # dropout draws start from the same state for every method and impl
@@ -180,7 +197,9 @@ def fit(
                 break
             seen, tokens = seen + len(batch["labels"]), tokens + int(batch["attention_mask"].sum())
             batch = {k: v.to(device, non_blocking=True) for k, v in batch.items()}
-            window_sum = window_sum + train_step(model, batch, optimizer, cfg.grad_clip, device, precision)
+            window_sum = window_sum + train_step(
+                model, batch, optimizer, cfg.grad_clip, device, precision, scaler
+            )
             schedule.step()
             step, window = step + 1, window + 1
             if window == cfg.log_every or step == total:
@@ -209,6 +228,8 @@ def fit(
         "train_examples_per_s": seen / wall if wall > 0 else None,
         "train_tokens_per_s": tokens / wall if wall > 0 else None,
         "peak_memory_mb": peak,
+        "peak_memory_of": "CUDA tensors (max allocated)" if device.type == "cuda" else "process (peak RSS)",
+        "gpu": gpu_of(device),
     }
 
 
@@ -254,6 +275,21 @@ def evaluate(
         "eval_loss": loss_sum / n,
         "eval_examples": n,
         "predictions": {"pred": pred.numpy(), "prob_pos": prob_pos.numpy()},
+    }
+
+
+def gpu_of(device: torch.device) -> dict | None:
+    """Which GPU a run used: name, compute capability, memory, and the CUDA and driver versions."""
+    if device.type != "cuda":
+        return None
+    props = torch.cuda.get_device_properties(device)
+    driver = Path("/proc/driver/nvidia/version")  # Linux NVIDIA hosts; torch does not report the driver
+    return {
+        "name": props.name,
+        "capability": f"{props.major}.{props.minor}",
+        "memory_gb": round(props.total_memory / 2**30, 1),
+        "cuda": torch.version.cuda,
+        "driver": driver.read_text().splitlines()[0] if driver.is_file() else None,
     }
 
 

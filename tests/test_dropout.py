@@ -7,8 +7,9 @@ import torch
 import torch.nn.functional as F
 from conftest import batch, tiny_model
 
-from lora_lab import dropout, methods
+from lora_lab import dropout, lora, methods
 from lora_lab.config import compose
+from lora_lab.lora import layer
 from lora_lab.train import enable_checkpointing
 
 
@@ -96,3 +97,13 @@ def test_checkpointing_replays_the_dropout_masks(family: str) -> None:
         grads.append({n: p.grad for n, p in model.named_parameters() if p.requires_grad})
     for name in grads[0]:
         torch.testing.assert_close(grads[0][name], grads[1][name], rtol=1e-4, atol=1e-6, msg=name)
+
+
+@pytest.mark.parametrize("cheap", [True, False])
+def test_lora_layers_follow_the_cheap_dropout_setting(monkeypatch, cheap) -> None:
+    """On CUDA, cheap_dropout resolves to false: the LoRA layers then leave their masks to torch's dropout."""
+    model = lora.use_cheap_dropout(methods.prepare(tiny_model("bert"), compose(["method=qv_r8"])), cheap)
+    drawn = []
+    monkeypatch.setattr(layer, "keep_mask", lambda *a: drawn.append(a) or dropout.keep_mask(*a))
+    model.train()(input_ids=torch.randint(1, 100, (2, 8)), attention_mask=torch.ones(2, 8, dtype=torch.long))
+    assert bool(drawn) == cheap  # four adapted modules draw cheap masks, or none does

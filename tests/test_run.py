@@ -250,6 +250,7 @@ BAD_INPUT = [  # (overrides, what the one line must say)
     (["data.source=someone/other-reviews"], "data.source 'someone/other-reviews' is not under"),
     (["model=minilm", "model.name=someone/other-model"], "'someone/other-model' is not under"),
     (["trainer.merge_eval=no"], "trainer.merge_eval='no' is not allowed; use true or false"),
+    (["method=ia3", "quant=nf4"], "quant=nf4 stores the base in 4-bit integers"),
     (["use_dora=no"], "use_dora must be true or false, got 'no'"),
     (["use_rslora=abc"], "use_rslora must be true or false, got 'abc'"),
     (["force=no"], "force='no' is not allowed; use true or false"),

@@ -6,14 +6,23 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 from conftest import tiny_model
 
-from lora_lab import methods
+from lora_lab import methods, quant
 from lora_lab.config import compose
 from lora_lab.data import Encoded
-from lora_lab.train import evaluate, linear_schedule
+from lora_lab.train import (
+    DTYPES,
+    evaluate,
+    gpu_of,
+    grad_scaler,
+    linear_schedule,
+    pick_precision,
+    train_step,
+)
 
 
 def test_linear_warmup_then_decay_to_zero() -> None:
@@ -104,3 +113,58 @@ def test_scoring_merged_gives_the_unmerged_predictions_and_leaves_the_trained_mo
     after = model.state_dict()
     assert after.keys() == before.keys()
     assert all(torch.allclose(after[k], before[k], atol=1e-6) for k in before)
+
+
+@pytest.mark.parametrize(
+    ("capability", "forced", "expected"),
+    [((8, 0), "auto", "bf16"), ((9, 0), "auto", "bf16"), ((7, 5), "auto", "fp16"), ((7, 0), "auto", "fp16")]
+    + [((8, 0), "fp32", "fp32"), ((7, 5), "bf16", "bf16")],
+)
+def test_auto_precision_on_a_gpu_follows_what_it_multiplies_natively(
+    monkeypatch, capability, forced, expected
+) -> None:
+    """The CUDA queries patched: torch's own is_bf16_supported() says True on a T4 (7.5) by emulation."""
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "get_device_capability", lambda device=None: capability)
+    monkeypatch.setattr(
+        torch.cuda,
+        "is_bf16_supported",
+        lambda including_emulation=True: including_emulation or capability >= (8, 0),
+    )
+    assert pick_precision(forced, torch.device("cuda")) == expected
+
+
+def test_fp16_trains_through_the_gradient_scaler() -> None:
+    torch.manual_seed(0)
+    model = tiny_model("bert")
+    batch = {
+        "input_ids": torch.randint(1, 100, (8, 12)),
+        "attention_mask": torch.ones(8, 12, dtype=torch.long),
+        "labels": torch.randint(0, 2, (8,)),
+    }
+    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-3)
+    scaler = grad_scaler(torch.device("cpu"), "fp16")
+    assert scaler.is_enabled() and not grad_scaler(torch.device("cpu"), "bf16").is_enabled()
+    losses = [
+        float(train_step(model, batch, optimizer, 1.0, torch.device("cpu"), "fp16", scaler)) for _ in range(8)
+    ]
+    assert all(np.isfinite(losses)) and losses[-1] < losses[0]
+    assert scaler.get_scale() > 0  # the scale the steps ran under (halved on any overflow, never zero)
+
+
+@pytest.mark.parametrize("precision", ["fp32", "bf16", "fp16"])
+def test_the_4bit_base_computes_in_the_runs_precision(precision) -> None:
+    pytest.importorskip("bitsandbytes")
+    model = quant.quantize_nf4(tiny_model("llama"), compute_dtype=DTYPES[precision])
+    dtypes = {m.compute_dtype for m in model.modules() if hasattr(m, "compute_dtype")}
+    assert dtypes == {DTYPES[precision]}
+
+
+def test_a_gpu_run_names_its_gpu(monkeypatch) -> None:
+    props = type("Props", (), {"name": "NVIDIA A100-SXM4-40GB", "major": 8, "minor": 0})()
+    props.total_memory = 40 * 2**30
+    monkeypatch.setattr(torch.cuda, "get_device_properties", lambda device: props)
+    gpu = gpu_of(torch.device("cuda"))
+    assert gpu["name"] == "NVIDIA A100-SXM4-40GB" and gpu["capability"] == "8.0"
+    assert gpu["memory_gb"] == 40.0 and gpu["cuda"] == torch.version.cuda
+    assert gpu_of(torch.device("cpu")) is None

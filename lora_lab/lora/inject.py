@@ -139,6 +139,14 @@ def lora_layers(model: nn.Module) -> Iterator[tuple[str, LoRALinear]]:
             yield name, module
 
 
+def use_cheap_dropout(model: nn.Module, on: bool) -> nn.Module:
+    """Whether the LoRA layers draw their dropout masks with lora_lab.dropout (on) or torch's own dropout,
+    following the setting that decides it for the model's own dropout layers."""
+    for _, layer in lora_layers(model):
+        layer.cheap_dropout = on
+    return model
+
+
 def merge(model: nn.Module) -> nn.Module:
     for _, layer in lora_layers(model):
         layer.merge()
