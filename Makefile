@@ -8,7 +8,7 @@ export LORA_LAB_ASSETS ?= $(abspath ../shared)
 	python3 -m venv .venv
 	$(PY) -m pip install -q --upgrade pip
 	$(PY) -m pip install -q torch==2.13.0   # CPU build from local disk here; unpinned torch pulls GBs of CUDA
-	$(PY) -m pip install -q -e '.[dev,slurm,joblib,qlora]'
+	$(PY) -m pip install -q -e '.[dev,slurm,joblib,qlora,ray]'
 	touch $@
 
 test: .venv/installed

@@ -194,6 +194,7 @@ def cli() -> None:
     HYDRA_FULL_ERROR=1 is set for Hydra so that its own errors (bad overrides, unknown groups) reach this
     function instead of Hydra's multi-line report."""
     os.environ["HYDRA_FULL_ERROR"] = "1"
+    os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")  # hydra/launcher=ray: no usage report home
     store.provenance()  # pin the git commit to the code this process imported
     models.quiet_libraries()
     try:

@@ -1,0 +1,141 @@
+"""Sweeps beyond one process, for real: submitit's local executor (the SLURM path without a cluster) and a
+Ray cluster started and stopped here write the same records as the basic launcher, and a killed job costs
+only itself."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+from conftest import ASSETS, requires_assets
+
+pytestmark = requires_assets
+SWEEP = ["-m", "experiment=smoke", "seed=0,1", "trainer.num_threads=1", "trainer.progress=false"]
+TIMING = ("finished_at", "wall_s", "load_s", "train_wall_s", "eval_wall_s", "train_examples_per_s")
+TIMING += ("train_tokens_per_s", "peak_memory_mb")
+# Ray on this host's loopback only: without the switch it resolves 127.0.0.1 to the host's routable address
+LOOPBACK_RAY = {"RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0", "RAY_USAGE_STATS_ENABLED": "0"}
+
+
+def sweep(
+    folder: Path, *overrides: str, wait: bool = True, env: dict | None = None
+) -> subprocess.CompletedProcess | subprocess.Popen:
+    cache = str(folder / "cache")
+    env = {**os.environ, "LORA_LAB_ASSETS": str(ASSETS), "LORA_LAB_CACHE": cache, **(env or {})}
+    env.pop("HYDRA_FULL_ERROR", None)
+    cmd = [sys.executable, "-m", "lora_lab.run", *overrides, f"results_dir={folder / 'results'}"]
+    folder.mkdir(parents=True, exist_ok=True)
+    if not wait:
+        return subprocess.Popen(cmd, cwd=folder, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    return subprocess.run(cmd, cwd=folder, env=env, capture_output=True, text=True, timeout=600)
+
+
+def records(folder: Path) -> dict[str, dict]:
+    """Each complete record by name, without the fields that time the run or say where its files went."""
+    out = {}
+    for path in sorted((folder / "results" / "smoke" / "runs").glob("*.json")):
+        record = json.loads(path.read_text())
+        assert record["status"] == "complete"
+        del record["config"]["results_dir"], record["config"]["data"]["cache_dir"]
+        out[path.stem] = {k: v for k, v in record.items() if k not in TIMING}
+    return out
+
+
+@pytest.fixture(scope="module")
+def basic(tmp_path_factory) -> dict[str, dict]:
+    folder = tmp_path_factory.mktemp("basic")
+    out = sweep(folder, *SWEEP)
+    assert out.returncode == 0, out.stdout[-2000:] + out.stderr[-2000:]
+    return records(folder)
+
+
+def test_submitit_local_runs_the_slurm_path_and_writes_the_same_records(tmp_path, basic) -> None:
+    out = sweep(tmp_path, *SWEEP, "hydra/launcher=submitit_local")
+    assert out.returncode == 0, out.stdout[-2000:] + out.stderr[-2000:]
+    assert len(basic) == 2 and records(tmp_path) == basic
+    again = sweep(tmp_path, *SWEEP, "hydra/launcher=submitit_local")  # resubmitted: nothing runs twice
+    logs = "".join(p.read_text() for p in tmp_path.rglob("*_log.out"))
+    assert again.returncode == 0 and logs.count("complete already, skipped") == 2
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def test_a_ray_cluster_runs_the_sweep_and_writes_the_same_records(tmp_path, basic) -> None:
+    """Joins a cluster started here with `ray start --head`, as a user joins a running one."""
+    ray = Path(sys.executable).with_name("ray")
+    # the cluster's workers read the environment `ray start` had, as on a real cluster's nodes
+    env = {
+        **os.environ,
+        **LOOPBACK_RAY,
+        "LORA_LAB_ASSETS": str(ASSETS),
+        "LORA_LAB_CACHE": str(tmp_path / "c"),
+    }
+    port = free_port()
+    start = [str(ray), "start", "--head", "--node-ip-address=127.0.0.1", f"--port={port}", "--num-cpus=2"]
+    start.append("--include-dashboard=false")
+    subprocess.run(start, env=env, check=True, capture_output=True, timeout=120)
+    try:
+        out = sweep(
+            tmp_path,
+            *SWEEP,
+            "hydra/launcher=ray",
+            "hydra.launcher.ray.init.address=auto",  # the cluster `ray start` made on this host
+            "+hydra.launcher.ray.init._node_ip_address=127.0.0.1",
+            "+hydra.launcher.ray.init.object_store_memory=null",  # 1.2.2 passes it; a joined cluster refuses
+            env=LOOPBACK_RAY,
+        )
+    finally:
+        subprocess.run([str(ray), "stop", "--force"], env=env, capture_output=True, timeout=120)
+    assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
+    assert records(tmp_path) == basic
+
+
+def test_a_killed_job_costs_only_itself_and_a_rerun_finishes_the_sweep(tmp_path) -> None:
+    """One job trains 200 epochs, the other one: once the short one's record is written, every job process
+    still running is killed (the long one's), as a node failure or a scheduler's kill would."""
+    overrides = ["-m", "experiment=smoke", "trainer.epochs=1,200", "trainer.num_threads=1"]
+    overrides += ["trainer.progress=false", "hydra/launcher=submitit_local"]
+    launcher = sweep(tmp_path, *overrides, wait=False)
+    runs = tmp_path / "results" / "smoke" / "runs"
+    deadline = time.time() + 300
+    while not list(runs.glob("*.json")) and time.time() < deadline and launcher.poll() is None:
+        time.sleep(0.2)
+    killed = [pid for pid in job_processes(launcher.pid) if not os.kill(pid, signal.SIGKILL)]
+    launcher.wait(timeout=300)
+    assert killed and len(list(runs.glob("*.json"))) == 1  # the short job's record, the long one's not
+    assert launcher.returncode != 0  # the sweep says a job failed
+    rerun = sweep(tmp_path, *overrides)
+    assert rerun.returncode == 0, rerun.stdout[-2000:] + rerun.stderr[-2000:]
+    assert len(records(tmp_path)) == 2 and not list(runs.glob("*.tmp"))
+
+
+def job_processes(root: int) -> list[int]:
+    """submitit's job processes below `root` (read from /proc)."""
+    children: dict[int, list[int]] = {}
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        children.setdefault(int(fields[1]), []).append(int(stat.parent.name))
+    found, todo = [], [root]
+    while todo:
+        for pid in children.get(todo.pop(), []):
+            todo.append(pid)
+            try:
+                if b"submitit" in Path(f"/proc/{pid}/cmdline").read_bytes():
+                    found.append(pid)
+            except OSError:
+                pass
+    return found
