@@ -54,6 +54,7 @@ def run(cfg: DictConfig) -> dict | None:
     settle(cfg, device)
     name = store.run_name(cfg)
     path = store.run_dir(cfg) / f"{name}.json"
+    loading = time.perf_counter()
     train_frame, eval_frame = data.splits(cfg.data, cfg.seed)
     inputs = {  # what the run reads: a finished record counts only if it read the same
         "data": {"train": data.fingerprint(train_frame), "eval": data.fingerprint(eval_frame)},
@@ -62,7 +63,6 @@ def run(cfg: DictConfig) -> dict | None:
     if not cfg.force and store.finished(path, inputs):
         print(f"[lora-lab] {name}: complete already, skipped (force=true reruns it)")
         return None
-    loading = time.perf_counter()
     if cfg.trainer.num_threads:
         torch.set_num_threads(cfg.trainer.num_threads)
 
