@@ -80,6 +80,10 @@ class Method:
         place; None for methods whose additions cannot be folded."""
         return None
 
+    def pads_left(self, model: nn.Module) -> bool:
+        """Whether batches must pad on the left for `model` prepared this way, whatever its tokenizer says."""
+        return False
+
     def unmerge(self, model: nn.Module) -> None:
         """Undo `merge`: the adapter apart from the base weights again, as it trained."""
         raise NotImplementedError
@@ -325,8 +329,14 @@ class PromptLearning(Method):
 
     impls = ("peft",)
 
-    def __init__(self, name: str, peft_config: str) -> None:
-        self.name, self.peft_config = name, peft_config
+    def __init__(self, name: str, peft_config: str, prepends_tokens: bool) -> None:
+        self.name, self.peft_config, self.prepends_tokens = name, peft_config, prepends_tokens
+
+    def pads_left(self, model: nn.Module) -> bool:
+        """Prompt tuning hands the model embeddings, in which it cannot find the padding: a decoder then pools
+        on the last position, a pad under right padding. Padding on the left puts the review's last token
+        there (prefix tuning passes the ids and pools right either way)."""
+        return self.prepends_tokens and family_of(model).pools_last
 
     def prepare(self, model: nn.Module, cfg: DictConfig) -> nn.Module:
         import peft
@@ -353,8 +363,8 @@ METHODS: dict[str, Method] = {  # in the table's order
     "lora": LoRA(),
     "ia3": IA3(),
     "bottleneck": Bottleneck(),
-    "prompt_tuning": PromptLearning("Prompt Tuning", "PromptTuningConfig"),
-    "prefix_tuning": PromptLearning("Prefix Tuning", "PrefixTuningConfig"),
+    "prompt_tuning": PromptLearning("Prompt Tuning", "PromptTuningConfig", prepends_tokens=True),
+    "prefix_tuning": PromptLearning("Prefix Tuning", "PrefixTuningConfig", prepends_tokens=False),
     "full": Full(),
 }
 # Every top-level setting some method reads: a run's identity keeps only its own method's.

@@ -37,6 +37,7 @@ class Family:
     keys_values: str  # the key and value projections (IA3 rescales their outputs)
     attn_out: str  # the attention output projection (Houlsby's first adapter follows it)
     ffn_out: str  # the feed-forward output projection (IA3 rescales its input; both adapters follow it)
+    pools_last: bool = False  # the head reads the last position (decoders), not the first (encoders)
 
 
 _BERT_ATTN = ("query", "key", "value", "attention.output.dense")
@@ -60,6 +61,7 @@ _LLAMA_LIKE = Family(
         "attn_ffn": (*_LLAMA_ATTN, "gate_proj", "up_proj", "down_proj"),
     },
     head=("score",),
+    pools_last=True,
     lora_modules_to_save=("score",),
     keys_values=r".*\.self_attn\.(k_proj|v_proj)",
     attn_out=r".*\.self_attn\.o_proj",
@@ -94,6 +96,7 @@ FAMILIES: dict[str, Family] = {
             "attn_ffn": ("c_attn", "c_proj", "c_fc"),
         },
         head=("score",),
+        pools_last=True,
         lora_modules_to_save=("score",),
         keys_values=r".*\.attn\.c_attn",
         attn_out=r".*\.attn\.c_proj",

@@ -122,7 +122,7 @@ def run(cfg: DictConfig) -> dict | None:
                 cfg.method.lr,
                 cfg.seed,
                 tokenizer.pad_token_id,
-                pad_left=tokenizer.padding_side == "left",
+                pad_left=tokenizer.padding_side == "left" or method.pads_left(model),
                 scoring=method.merged(model, cfg) if cfg.trainer.merge_eval else nullcontext(),
             )
             predictions = metrics.pop("predictions")

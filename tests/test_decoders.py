@@ -18,19 +18,28 @@ from lora_lab.train import enable_checkpointing
 @pytest.mark.parametrize("family", ["llama", "qwen2"])
 @pytest.mark.parametrize("pad_left", [False, True])
 def test_pooling_reads_the_last_real_token_whichever_side_pads(family: str, pad_left: bool) -> None:
-    model = tiny_model(family).eval()
-    short, long = [5, 9, 13], [7, 3, 22, 41, 8, 19]
+    together, alone = alone_and_in_a_batch(tiny_model(family).eval(), pad_left)
+    torch.testing.assert_close(together, alone, rtol=1e-4, atol=1e-5)
+
+
+SHORT, LONG = [5, 9, 13], [7, 3, 22, 41, 8, 19]
+
+
+def alone_and_in_a_batch(model: torch.nn.Module, pad_left: bool) -> tuple[torch.Tensor, torch.Tensor]:
+    """The logits of a short review padded in a batch with a longer one, and of the review alone."""
     enc = data.Encoded(
-        ids=torch.tensor(short + long, dtype=torch.int32),
+        ids=torch.tensor(SHORT + LONG, dtype=torch.int32),
         offsets=torch.tensor([0, 3, 9]),
         labels=torch.tensor([0, 1]),
     )
     padded = data.collate(enc, torch.tensor([0, 1]), pad_id=0, pad_left=pad_left)
-    assert padded["input_ids"][0].tolist() == ([0, 0, 0] + short if pad_left else short + [0, 0, 0])
+    assert padded["input_ids"][0].tolist() == ([0, 0, 0] + SHORT if pad_left else SHORT + [0, 0, 0])
     with torch.no_grad():
         together = model(input_ids=padded["input_ids"], attention_mask=padded["attention_mask"]).logits
-        alone = model(input_ids=torch.tensor([short])).logits
-    torch.testing.assert_close(together[0], alone[0], rtol=1e-4, atol=1e-5)
+        alone = model(
+            input_ids=torch.tensor([SHORT]), attention_mask=torch.ones(1, 3, dtype=torch.long)
+        ).logits
+    return together[0], alone[0]
 
 
 def nf4_llama(seed: int = 0) -> torch.nn.Module:
@@ -101,3 +110,17 @@ def test_gradient_checkpointing_gives_the_same_gradients(family: str) -> None:
     assert grads[0].keys() == grads[1].keys() and len(grads[0]) > 2
     for name in grads[0]:
         torch.testing.assert_close(grads[0][name], grads[1][name], rtol=1e-4, atol=1e-6, msg=name)
+
+
+@pytest.mark.parametrize("kind", ["prompt_tuning", "prefix_tuning"])
+def test_prompt_learning_on_a_decoder_pools_the_reviews_last_token(kind: str) -> None:
+    """Prompt tuning hands the model embeddings, so the decoder cannot see the padding: its batches pad on
+    the left (methods.pads_left). Left of the review, padding still moves it a few positions away from
+    the virtual tokens (PEFT ignores position ids), hence the looser tolerance than the plain model's."""
+    cfg = compose(["model=tiny_llama", f"method={kind}"])
+    method = methods.of(cfg)
+    model = methods.prepare(tiny_model("llama"), cfg).eval()
+    assert method.pads_left(model) == (kind == "prompt_tuning")
+    together, alone = alone_and_in_a_batch(model, method.pads_left(model))
+    torch.testing.assert_close(together, alone, rtol=1e-3, atol=1e-3)
+    assert not methods.of(compose(["method=prompt_tuning"])).pads_left(tiny_model("bert"))  # encoders: CLS
