@@ -66,8 +66,8 @@ def resolve(hub_id: str, local: Mapping | None, what: str, hint: Callable[[], st
     if why:
         fix = hint() if hint else _fix(local)
         raise FileNotFoundError(
-            f"{what} {hub_id!r} is not under {_local_place(local)} and the Hugging Face Hub is unreachable "
-            f"({why}); {fix}, or set HF_HUB_OFFLINE=1 to use the Hugging Face cache"
+            f"{what} {hub_id!r} is not under {_local_place(hub_id, local)} and the Hugging Face Hub is "
+            f"unreachable ({why}); {fix}, or set HF_HUB_OFFLINE=1 to use the Hugging Face cache"
         )
     return hub_id
 
@@ -75,17 +75,17 @@ def resolve(hub_id: str, local: Mapping | None, what: str, hint: Callable[[], st
 def describe_lookup(hub_id: str, local: Mapping | None) -> str:
     """One line saying what was tried, for errors after the Hub (or the cache) did not have it."""
     return (
-        f"not under {_local_place(local)}, and the Hub id {hub_id!r} failed "
+        f"not under {_local_place(hub_id, local)}, and the Hub id {hub_id!r} failed "
         f"(not on the Hub, or not in the cache with HF_HUB_OFFLINE=1); {_fix(local)}"
     )
 
 
-def _local_place(local: Mapping | None) -> str:
+def _local_place(hub_id: str, local: Mapping | None) -> str:
     root = asset_root()
     if not local:
         return "the asset root (this config names no local folder)"
     place = str(root / local["path"]) if root else f"${ENV_VAR}/{local['path']} (${ENV_VAR} is not set)"
-    return f"{place} (a copy of {local['holds']} only)"
+    return place if local["holds"] == hub_id else f"{place} (a copy of {local['holds']} only)"
 
 
 def _fix(local: Mapping | None) -> str:

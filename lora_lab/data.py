@@ -68,6 +68,7 @@ def load_imdb(cfg: DictConfig) -> dict[str, pd.DataFrame]:
             )
         if frame.empty:
             raise ValueError(f"data.source={source!r}: the {split} split holds no examples; point it at data")
+        _check_contents(frame, f"data.source={source!r}, {split} split")
         frame = frame.reset_index(drop=True).astype({"label": "int64"})
         if "review_id" in frame.columns:
             names = frame["label"].map(dict(enumerate(LABEL_NAMES))).fillna(frame["label"].astype(str))
@@ -76,6 +77,21 @@ def load_imdb(cfg: DictConfig) -> dict[str, pd.DataFrame]:
             ids = [str(i) for i in range(len(frame))]
         frames[split] = frame[list(COLUMNS)].assign(example_id=ids)
     return frames
+
+
+def _check_contents(frame: pd.DataFrame, where: str) -> None:
+    """Labels 0/1 and real texts, or one line naming what is wrong and where, before anything trains."""
+    labels = set(frame["label"].dropna().unique().tolist())
+    if frame["label"].isna().any() or not labels <= {0, 1}:
+        found = sorted(map(repr, labels)) + (["null"] if frame["label"].isna().any() else [])
+        raise ValueError(f"{where}: labels must be 0 (negative) and 1 (positive), found {', '.join(found)}")
+    texts = frame["text"]
+    bad = (~texts.map(lambda t: isinstance(t, str))) | (texts.map(lambda t: str(t).strip()) == "")
+    if bad.any():
+        raise ValueError(
+            f"{where}: {int(bad.sum())} text(s) are empty, null or not strings (first at row "
+            f"{int(bad.to_numpy().argmax())}); drop or fill them"
+        )
 
 
 def _read_folder(path: Path) -> dict[str, pd.DataFrame]:
@@ -194,7 +210,14 @@ def splits(cfg: DictConfig, seed: int) -> tuple[pd.DataFrame, pd.DataFrame]:
         train = train[~train["example_id"].isin(evaluation["example_id"])].reset_index(drop=True)
     else:
         evaluation = subset(frames["test"], cfg.eval_size, cfg.eval_seed, "eval_size")
-    return subset(train, cfg.train_size, seed, "train_size"), evaluation
+    train = subset(train, cfg.train_size, seed, "train_size")
+    for name, frame in (("training", train), ("evaluation", evaluation)):
+        if frame["label"].nunique() < 2:
+            raise ValueError(
+                f"the {name} set holds one class only (label {frame['label'].iloc[0]}); a sentiment "
+                "classifier needs both: check data.source, or raise data.train_size / data.eval_size"
+            )
+    return train, evaluation
 
 
 def fingerprint(frame: pd.DataFrame) -> dict:

@@ -17,7 +17,7 @@ from omegaconf import DictConfig, ListConfig, OmegaConf
 from torch import nn
 
 from lora_lab import bottleneck, ia3, lora
-from lora_lab.config import is_number, require
+from lora_lab.config import is_int, is_number, require
 from lora_lab.lora.inject import name_matches
 from lora_lab.lora.layer import RANDOM_INITS, random_a
 from lora_lab.lora.settings import INITS, LoRASettings
@@ -331,6 +331,11 @@ class PromptLearning(Method):
 
     def __init__(self, name: str, peft_config: str, prepends_tokens: bool) -> None:
         self.name, self.peft_config, self.prepends_tokens = name, peft_config, prepends_tokens
+
+    def check(self, cfg: DictConfig) -> None:
+        super().check(cfg)
+        n = cfg.method.num_virtual_tokens
+        require(is_int(n) and n >= 1, "method.num_virtual_tokens", n, "a whole number of tokens >= 1")
 
     def pads_left(self, model: nn.Module) -> bool:
         """Prompt tuning hands the model embeddings, in which it cannot find the padding: a decoder then pools

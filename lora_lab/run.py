@@ -70,6 +70,10 @@ def run(cfg: DictConfig) -> dict | None:
     tokenizer = models.load_tokenizer(cfg.model)
     torch.manual_seed(cfg.seed)  # the new head's init: the same for every method and impl
     model = models.load_model(cfg.model, pad_token_id=tokenizer.pad_token_id)
+    config = model.config  # GPT-2 calls its positions n_positions
+    positions = getattr(config, "max_position_embeddings", None) or getattr(config, "n_positions", 0)
+    ok = not positions or cfg.data.max_length <= positions
+    require(ok, "data.max_length", cfg.data.max_length, f"at most the model's {positions} positions")
     if cfg.trainer.cheap_dropout:
         dropout.install(model)
     if cfg.quant:

@@ -141,6 +141,23 @@ def test_empty_mixed_and_corrupt_folders_are_refused(tmp_path) -> None:
         analysis.load_runs(tmp_path)
 
 
+def test_missing_or_broken_inputs_are_named_with_the_fix(tmp_path) -> None:
+    synthetic(tmp_path, "Q+V (r=8)", "ours", 0, 0.9)
+    with pytest.raises(FileNotFoundError, match="--reference nowhere.csv: no such file"):
+        analysis.load_reference("x", "nowhere.csv")
+    with pytest.raises(FileNotFoundError, match="--claims nowhere.yaml: no such file"):
+        findings.load_claims("x", "nowhere.yaml")
+    broken = tmp_path / "claims.yaml"
+    broken.write_text("claims: [unclosed")
+    with pytest.raises(ValueError, match="claims.yaml is not a claims file"):
+        findings.load_claims("x", broken)
+    next((tmp_path / "runs").glob("*.parquet")).unlink()
+    with pytest.raises(
+        FileNotFoundError, match="is missing: its record names it; rerun that run with force=true"
+    ):
+        analysis.correctness(analysis.load_runs(tmp_path))
+
+
 def claims_table(tmp_path: Path, accuracies: dict[str, float]) -> pd.DataFrame:
     for label, acc in accuracies.items():
         for seed in (0, 1, 2):

@@ -206,6 +206,22 @@ def empty_dataset(tmp_path: Path) -> list[str]:
     return [parquet_folder(tmp_path, empty), "data.train_size=null", "data.eval_size=null"]
 
 
+def reviews_with(**columns: list) -> object:
+    """A parquet folder of 80 reviews per split (both labels), with `columns` replacing the first rows."""
+
+    def make(tmp_path: Path) -> list[str]:
+        plain = {"text": [f"review {i}" for i in range(80)], "label": [i % 2 for i in range(80)]}
+        frame = pd.DataFrame({k: columns.get(k, []) + v[len(columns.get(k, [])) :] for k, v in plain.items()})
+        return [parquet_folder(tmp_path, frame), "data.train_size=48", "data.eval_size=32"]
+
+    return make
+
+
+def one_class(tmp_path: Path) -> list[str]:
+    frame = pd.DataFrame({"text": [f"review {i}" for i in range(80)], "label": [1] * 80})
+    return [parquet_folder(tmp_path, frame), "data.train_size=48", "data.eval_size=32"]
+
+
 TRACEBACK_HINT = "(HYDRA_FULL_ERROR=1 shows the traceback)"
 BAD_INPUT = [  # (overrides, what the one line must say)
     (["model=nope"], "Could not find 'model/nope'; choose one of: distilbert, "),
@@ -250,6 +266,11 @@ BAD_INPUT = [  # (overrides, what the one line must say)
     (["data.source=someone/other-reviews"], "data.source 'someone/other-reviews' is not under"),
     (["model=minilm", "model.name=someone/other-model"], "'someone/other-model' is not under"),
     (["trainer.merge_eval=no"], "trainer.merge_eval='no' is not allowed; use true or false"),
+    ([reviews_with(label=[2, 5])], "labels must be 0 (negative) and 1 (positive), found 0, 1, 2, 5"),
+    ([reviews_with(text=["", None])], "2 text(s) are empty, null or not strings (first at row 0)"),
+    ([one_class], "the training set holds one class only (label 1)"),
+    (["method=prompt_tuning", "method.num_virtual_tokens=0"], "method.num_virtual_tokens=0 is not allowed"),
+    (["data.max_length=600"], "data.max_length=600 is not allowed; use at most the model's 512 positions"),
     (["method=ia3", "quant=nf4"], "quant=nf4 stores the base in 4-bit integers"),
     (["use_dora=no"], "use_dora must be true or false, got 'no'"),
     (["use_rslora=abc"], "use_rslora must be true or false, got 'abc'"),

@@ -50,7 +50,8 @@ def main(argv: list[str] | None = None) -> None:
         claims = None if args.claims == "none" else findings_module.load_claims(experiment, args.claims)
         findings = findings_module.check(claims, table, correct) if claims and correct else None
     except (FileNotFoundError, ValueError) as err:
-        sys.exit(f"error: {err}")
+        print(f"error: {err}", file=sys.stderr)
+        sys.exit(2)  # bad input, as the runner says it
     print(to_markdown(table))
     written = write_tables(table, args.results)
     model = runs["model"].iloc[0].rsplit("/", 1)[-1]

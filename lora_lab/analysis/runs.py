@@ -95,8 +95,16 @@ def frame(records: list[Record], where: str, folder: Path | None = None) -> pd.D
     return df.reset_index(drop=True)
 
 
+def _require_predictions(path: str) -> None:
+    if not Path(path).is_file():
+        raise FileNotFoundError(
+            f"{path} is missing: its record names it; rerun that run with force=true (or restore the file)"
+        )
+
+
 def _collapse_of(predictions_path: str) -> str | None:
     """store.collapse on a run's predictions: records made before the field existed get it here."""
+    _require_predictions(predictions_path)
     preds = pd.read_parquet(predictions_path, columns=["pred", "label"])
     return store.collapse(preds["pred"].to_numpy(), preds["label"].to_numpy())
 
@@ -136,6 +144,7 @@ def correctness(runs: pd.DataFrame) -> dict[str, pd.DataFrame]:
         for seed, path, digest in zip(
             group["seed"], group["predictions_path"], group["predictions"], strict=True
         ):
+            _require_predictions(path)
             if hashlib.sha256(Path(path).read_bytes()).hexdigest() != digest["sha256"]:
                 raise ValueError(
                     f"{path} does not match the sha256 its record holds; rerun that run with force=true"

@@ -24,6 +24,8 @@ IMPL_ORDER = {"ours": 0, "peft": 1, NO_IMPL: 2}
 def load_reference(experiment: str, path: str | Path | None = None) -> pd.DataFrame | None:
     """The paper's numbers for a study: experiments/<study>/reference.csv, where the experiment is
     named <study>/<variant>. None when the study has no reference."""
+    if path is not None and not Path(path).is_file():
+        raise FileNotFoundError(f"--reference {path}: no such file; give a reference CSV, or leave it out")
     path = Path(path) if path else EXPERIMENTS_DIR / experiment.split("/")[0] / "reference.csv"
     return pd.read_csv(path) if path.is_file() else None
 
