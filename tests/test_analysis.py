@@ -21,7 +21,7 @@ from matplotlib.text import Text
 from nbclient import NotebookClient
 
 from lora_lab import analysis, store
-from lora_lab.analysis import findings, stats
+from lora_lab.analysis import findings, rates, stats
 from lora_lab.analysis import runs as runs_module
 from lora_lab.analysis.plot import plot
 from lora_lab.analysis.table import add_latency
@@ -156,6 +156,27 @@ def test_missing_or_broken_inputs_are_named_with_the_fix(tmp_path) -> None:
         FileNotFoundError, match="is missing: its record names it; rerun that run with force=true"
     ):
         analysis.correctness(analysis.load_runs(tmp_path))
+
+
+def test_a_dev_split_pilot_picks_each_rows_best_rate() -> None:
+    table = pd.DataFrame(
+        {
+            "label": ["LoRA"] * 3 + ["DoRA"] * 2,
+            "impl": ["ours"] * 5,
+            "lr": [1e-4, 1e-3, 3e-4, 1e-3, 3e-3],
+            "accuracy": [70.0, 75.0, 78.0, 60.0, 71.0],
+            "ci_low": 0.0,
+            "ci_high": 100.0,
+            "n": 1,
+        }
+    )
+    chosen = rates.choose(table)
+    picked = chosen[chosen["chosen"]].set_index("label")
+    assert picked.loc["LoRA", "lr"] == 3e-4 and not picked.loc["LoRA", "edge"]  # interior of 1e-4..1e-3
+    assert picked.loc["DoRA", "lr"] == 3e-3 and picked.loc["DoRA", "edge"]  # the grid's top: widen it
+    assert "| DoRA | ours | 0.003 | 71.00% | [0.00, 100.00] | 1 | **chosen**: at the grid's edge" in (
+        rates.to_markdown(chosen)
+    )
 
 
 def claims_table(tmp_path: Path, accuracies: dict[str, float]) -> pd.DataFrame:

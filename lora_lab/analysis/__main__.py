@@ -13,7 +13,7 @@ import sys
 from pathlib import Path
 
 from lora_lab.analysis import findings as findings_module
-from lora_lab.analysis import load_reference, load_runs, load_wandb_runs, plot, summarize, write_tables
+from lora_lab.analysis import load_reference, load_runs, load_wandb_runs, plot, rates, summarize, write_tables
 from lora_lab.analysis.plot import plot_findings
 from lora_lab.analysis.runs import correctness
 from lora_lab.analysis.table import add_latency, to_markdown
@@ -47,7 +47,9 @@ def main(argv: list[str] | None = None) -> None:
         latency = (
             add_latency(table, runs, json.loads(Path(args.latency).read_text())) if args.latency else None
         )
-        claims = None if args.claims == "none" else findings_module.load_claims(experiment, args.claims)
+        tuning = runs["eval_split"].iloc[0] == "dev"  # a learning-rate pilot: rates, no verdicts
+        skip = args.claims == "none" or tuning
+        claims = None if skip else findings_module.load_claims(experiment, args.claims)
         findings = findings_module.check(claims, table, correct) if claims and correct else None
     except (FileNotFoundError, ValueError) as err:
         print(f"error: {err}", file=sys.stderr)
@@ -61,6 +63,10 @@ def main(argv: list[str] | None = None) -> None:
     if latency is not None:
         plot(latency, args.results, title=f"{title}\nlatency: {Path(args.latency).name}", x="latency_x_base")
         written += [f"{args.results}/acc_vs_latency.png/.pdf"]
+    if tuning:
+        chosen = rates.choose(table)
+        print(rates.to_markdown(chosen))
+        written.append(rates.write_rates(chosen, args.results))
     if findings is not None:
         print(findings_module.to_markdown(findings, table))
         written += findings_module.write_findings(findings, table, args.results)

@@ -79,11 +79,13 @@ def frame(records: list[Record], where: str, folder: Path | None = None) -> pd.D
         str(folder / r.predictions["file"]) if folder is not None and r.predictions else None
         for r in complete
     ]
+    df["lr"] = [r.config.get("method", {}).get("lr") for r in complete]
+    df["eval_split"] = [r.config.get("data", {}).get("eval_split") or "test" for r in complete]
     df["collapsed"] = [
         r.collapsed if r.collapsed or path is None else _collapse_of(path)
         for r, path in zip(complete, df["predictions_path"], strict=True)
     ]
-    for key in ("experiment", "model"):
+    for key in ("experiment", "model", "eval_split"):
         values = sorted(df[key].dropna().astype(str).unique())
         if len(values) > 1:
             raise ValueError(

@@ -73,6 +73,7 @@ def summarize(
                 "n": len(acc),
                 "collapsed_seeds": tuple(group.loc[group["collapsed"].notna(), "seed"]),
                 "label": first["label"],
+                "lr": first["lr"],
                 "_order": (
                     METHOD_ORDER.get(first["method"], len(METHOD_ORDER)),
                     TARGET_ORDER.get(first["targets"], 3) if isinstance(first["targets"], str) else 3,

@@ -1,0 +1,46 @@
+"""Each row's learning rate, chosen on reviews held out of the train split (`data.eval_split=dev`), never on
+the test split: the best dev accuracy among a pilot's rates, per row and impl -> rates.md.
+
+python -m lora_lab.run -m experiment=imdb_methods_lr
+python -m lora_lab.analysis results/imdb_methods/lr_pilot
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pandas as pd
+
+from lora_lab.atomic import write_text_atomic
+
+
+def choose(table: pd.DataFrame) -> pd.DataFrame:
+    """The pilot's table (one row per rate and row) with `chosen` marking each row's best rate, and `edge`
+    where that best is the grid's lowest or highest rate (the grid should then be widened)."""
+    out = []
+    for _, group in table.groupby(["label", "impl"], sort=False):
+        group = group.sort_values("lr")
+        best = group["accuracy"].idxmax()
+        edge = len(group) > 1 and best in (group.index[0], group.index[-1])
+        out.append(group.assign(chosen=group.index == best, edge=edge))
+    return pd.concat(out)
+
+
+def to_markdown(rates: pd.DataFrame) -> str:
+    lines = [
+        "| Row | Impl | lr | Dev accuracy | 95% CI | n | |",
+        "|---|---|---:|---:|---|---:|---|",
+    ]
+    for r in rates.itertuples(index=False):
+        mark = ("**chosen**" + (": at the grid's edge, widen it" if r.edge else "")) if r.chosen else ""
+        ci = f"[{r.ci_low:.2f}, {r.ci_high:.2f}]"
+        lines.append(f"| {r.label} | {r.impl} | {r.lr:g} | {r.accuracy:.2f}% | {ci} | {r.n} | {mark} |")
+    lines.append(
+        "\nAccuracy on reviews held out of the train split, one row per rate; the chosen rate has the best "
+        "of each row. Rates whose intervals overlap the chosen one's are not told apart by this pilot."
+    )
+    return "\n".join(lines) + "\n"
+
+
+def write_rates(rates: pd.DataFrame, out: str | Path) -> Path:
+    return write_text_atomic(Path(out) / "rates.md", to_markdown(rates))
