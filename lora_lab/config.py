@@ -7,6 +7,8 @@ from pathlib import Path
 
 from hydra import compose as hydra_compose
 from hydra import initialize_config_dir
+from hydra._internal.core_plugins.basic_sweeper import BasicSweeper
+from hydra.core.override_parser.overrides_parser import OverridesParser
 from omegaconf import DictConfig, OmegaConf
 
 CONF_DIR = Path(__file__).resolve().parent.parent / "conf"
@@ -29,6 +31,19 @@ def sweep_rows(experiment: str) -> list[str]:
     with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
         cfg = hydra_compose("config", overrides=[f"experiment={experiment}"], return_hydra_config=True)
     return str(cfg.hydra.sweeper.params.method).split(",")
+
+
+def sweep_jobs(arguments: Sequence[str]) -> list[list[str]]:
+    """The overrides of each job a multirun of `arguments` launches, split as Hydra's basic sweeper splits
+    them (the experiment's `hydra.sweeper.params` first, the command line's after), without Hydra's own
+    settings: what lets a sweep check every job before its first one starts."""
+    parser = OverridesParser.create()
+    plain = [o.input_line for o in parser.parse_overrides(list(arguments)) if not o.is_sweep_override()]
+    with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
+        cfg = hydra_compose("config", overrides=plain, return_hydra_config=True)
+    params = [f"{key}={value}" for key, value in (cfg.hydra.sweeper.params or {}).items()]
+    batches = BasicSweeper.split_arguments(parser.parse_overrides([*params, *arguments]), None)
+    return [[o for o in job if not o.lstrip("+~").startswith("hydra")] for batch in batches for job in batch]
 
 
 def is_int(value: object) -> bool:

@@ -142,6 +142,7 @@ class LoRA(Method):
         ratio = cfg.get("lora_plus_ratio")
         ok = ratio is None or (is_number(ratio) and ratio > 0)
         require(ok, "lora_plus_ratio", ratio, "B's learning rate over A's (> 0; LoRA+ uses 16), or null")
+        lora_settings(cfg).check()  # rank, alpha, dropout, flags: before any model loads
 
     def prepare(self, model: nn.Module, cfg: DictConfig) -> nn.Module:
         family = family_of(model)

@@ -202,6 +202,10 @@ def cli() -> None:
     store.provenance()  # pin the git commit to the code this process imported
     models.quiet_libraries()
     try:
+        if {"-m", "--multirun"} & set(sys.argv[1:]):  # every job's settings, before hours of the first ones
+            arguments = [a for a in sys.argv[1:] if not a.startswith("-")]
+            for job in config.sweep_jobs(arguments):
+                check(config.compose(job))
         main()
     except USER_ERRORS as err:
         fail(err)

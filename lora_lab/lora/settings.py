@@ -47,12 +47,13 @@ class LoRASettings:
         """Inits that move part of W into A and B: saving converts the adapter to one on the original W."""
         return self.init in ("pissa", "olora")
 
-    def check(self, d_in: int, d_out: int) -> None:
-        """Reject settings that would silently train nothing or blow up, with the fix in the message."""
+    def check(self, d_in: int | None = None, d_out: int | None = None) -> None:
+        """Reject settings that would silently train nothing or blow up, with the fix in the message; with a
+        layer's shape, also a rank it cannot hold."""
         rank = self.rank
         if not isinstance(rank, int) or isinstance(rank, bool) or rank <= 0:
             raise ValueError(f"rank must be a positive integer, got {rank!r}; use e.g. rank=8")
-        if rank > min(d_in, d_out):
+        if d_in is not None and rank > min(d_in, d_out):
             raise ValueError(
                 f"rank={rank} exceeds min(d_in, d_out)={min(d_in, d_out)} of a {d_in}x{d_out} layer; "
                 f"use rank <= {min(d_in, d_out)}"
