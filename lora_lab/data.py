@@ -10,6 +10,7 @@ import dataclasses
 import hashlib
 import json
 import re
+import sys
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -166,8 +167,10 @@ def tokenize(
     max_length: int,
     cache_dir: str | Path,
     progress: bool = True,
+    rebuild: bool = False,
 ) -> Encoded:
-    """Token ids for `frame`, from the on-disk cache when this exact tokenisation was done before."""
+    """Token ids for `frame`, from the on-disk cache when this exact tokenisation was done before (and the
+    file reads back whole), else tokenised and cached; `rebuild` (force=true) tokenises again regardless."""
     digest = hashlib.sha256()
     digest.update(_tokenizer_fingerprint(tokenizer).encode())
     digest.update(str(max_length).encode())
@@ -177,8 +180,11 @@ def tokenize(
     digest.update(frame["label"].to_numpy().tobytes())
     path = Path(cache_dir).expanduser() / f"tokens-{digest.hexdigest()[:24]}.pt"
     example_ids = frame["example_id"].tolist() if "example_id" in frame else None
-    if path.is_file():
-        return Encoded(**torch.load(path), example_ids=example_ids)
+    if path.is_file() and not rebuild:
+        cached = _read_cache(path, len(frame))
+        if cached is not None:
+            return dataclasses.replace(cached, example_ids=example_ids)
+        print(f"[lora-lab] token cache {path} is unreadable or truncated; tokenising again", file=sys.stderr)
     texts = frame["text"].tolist()
     pieces = []
     chunks = range(0, len(texts), 1000)
@@ -195,6 +201,16 @@ def tokenize(
     tensors = {"ids": encoded.ids, "offsets": encoded.offsets, "labels": encoded.labels}
     write_atomic(path, lambda tmp: torch.save(tensors, tmp))
     return dataclasses.replace(encoded, example_ids=example_ids)
+
+
+def _read_cache(path: Path, examples: int) -> Encoded | None:
+    """A cached tokenisation, or None when the file does not load or does not hold `examples` whole ones."""
+    try:
+        cached = Encoded(**torch.load(path))
+    except Exception:  # truncated or corrupt: torch raises RuntimeError, EOFError, pickle errors...
+        return None
+    whole = len(cached.labels) == examples and int(cached.offsets[-1]) == len(cached.ids)
+    return cached if whole else None
 
 
 def splits(cfg: DictConfig, seed: int) -> tuple[pd.DataFrame, pd.DataFrame]:

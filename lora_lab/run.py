@@ -31,11 +31,23 @@ USER_ERRORS = (ValueError, FileNotFoundError, HydraException, OmegaConfBaseExcep
 def check(cfg: DictConfig) -> None:
     """Every setting that can be checked without loading anything, so bad input fails in a second."""
     require(is_int(cfg.seed) and 0 <= cfg.seed < 2**32, "seed", cfg.seed, "an integer in [0, 2**32)")
+    check_outputs(cfg.results_dir, cfg.experiment_name)
     for key in ("force", "double_quant"):
         require(isinstance(cfg[key], bool), key, cfg[key], "true or false")
     methods.check(cfg)
     train.check(cfg.trainer)
     data.check(cfg.data)
+
+
+def check_outputs(results_dir: str, experiment_name: str) -> None:
+    """Where the run's files will go: a writable folder, and an experiment name inside it."""
+    root = Path(results_dir).expanduser()
+    require(not root.exists() or root.is_dir(), "results_dir", results_dir, "a folder (this is a file)")
+    existing = next((p for p in (root, *root.parents) if p.exists()), root)
+    require(os.access(existing, os.W_OK), "results_dir", results_dir, "a folder this user can write to")
+    name = str(experiment_name or "").strip()
+    inside = name and (root / name).resolve().is_relative_to(root.resolve()) and name.strip("/.")
+    require(bool(inside), "experiment_name", experiment_name, "a folder name inside results_dir (no '..')")
 
 
 def settle(cfg: DictConfig, device: torch.device) -> None:
@@ -81,7 +93,7 @@ def run(cfg: DictConfig) -> dict | None:
     model = lora.use_cheap_dropout(methods.prepare(model, cfg), cfg.trainer.cheap_dropout)
     trainable, total = params.count(model)
     train_set, eval_set = (
-        data.tokenize(f, tokenizer, cfg.data.max_length, cfg.data.cache_dir, cfg.trainer.progress)
+        data.tokenize(f, tokenizer, cfg.data.max_length, cfg.data.cache_dir, cfg.trainer.progress, cfg.force)
         for f in (train_frame, eval_frame)
     )
     method = methods.of(cfg)

@@ -140,6 +140,23 @@ def test_tokenisation_is_cached_across_tokenizer_state(tmp_path) -> None:
     assert len(list(tmp_path.iterdir())) == 2  # another max_length, another entry
 
 
+@requires_assets
+def test_a_broken_token_cache_is_named_and_rebuilt(tmp_path, capsys) -> None:
+    df = frame(20, 20)
+    tokenizer = AutoTokenizer.from_pretrained(MINILM)
+    first = data.tokenize(df, tokenizer, 16, tmp_path)
+    [path] = tmp_path.iterdir()
+    whole = path.read_bytes()
+    for broken in (whole[: len(whole) // 2], b"not a tensor file"):
+        path.write_bytes(broken)
+        again = data.tokenize(df, tokenizer, 16, tmp_path)
+        assert f"token cache {path} is unreadable or truncated; tokenising again" in capsys.readouterr().err
+        assert torch.equal(again.ids, first.ids) and path.read_bytes() != broken
+    stamp = path.stat().st_mtime_ns
+    data.tokenize(df, tokenizer, 16, tmp_path, rebuild=True)  # force=true: tokenised again regardless
+    assert path.stat().st_mtime_ns != stamp
+
+
 def encoded(lengths: list[int]) -> data.Encoded:
     ids = torch.cat([torch.arange(1, n + 1, dtype=torch.int32) for n in lengths])
     offsets = torch.cat([torch.zeros(1, dtype=torch.long), torch.tensor(lengths).cumsum(0)])

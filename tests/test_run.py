@@ -262,6 +262,11 @@ BAD_INPUT = [  # (overrides, what the one line must say)
     ([empty_dataset], "the train split holds no examples"),
     (["data.train_size=30000"], "data.train_size=30000 but the split has 25000 examples"),
     (["-m", "rank=4,8", "trainer.max_steps=0"], "trainer.max_steps=0 is not allowed"),
+    (
+        ["experiment_name=../.."],
+        "experiment_name='../..' is not allowed; use a folder name inside results_dir",
+    ),
+    (["experiment_name="], "experiment_name='' is not allowed; use a folder name inside results_dir"),
     (["-m", "rank=4,abc"], "rank must be a positive integer, got 'abc'"),  # refused before job 0 starts
     (["-m", "method=qv_r8,full", "full_lr=-1"], "full_lr=-1 is not allowed"),
     # the local copies serve only the names they hold: another name goes to the Hub (stubbed unreachable)
