@@ -108,6 +108,7 @@ def test_resume_skips_complete_runs_and_force_reruns(tmp_path, token_cache) -> N
     first = cli(tmp_path, token_cache, "experiment=smoke")
     assert first.returncode == 0, first.stderr[-2000:]
     [record] = records(tmp_path, "smoke")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["results"]  # no outputs/<date>/.hydra clutter
     again = cli(tmp_path, token_cache, "experiment=smoke")
     assert again.returncode == 0 and "complete already, skipped" in again.stdout
     assert records(tmp_path, "smoke") == [record]

@@ -13,6 +13,7 @@ from scipy import stats as scipy_stats
 
 from lora_lab import store
 from lora_lab.analysis import findings, stats
+from lora_lab.analysis.plot import plot_findings
 
 A, B = "Row A", "Row B"
 
@@ -159,6 +160,7 @@ def test_one_seed_decides_nothing() -> None:
     result = decide(a, b, BETTER).iloc[0]
     assert result["diff_pp"] > 10 and result["verdict"] == "inconclusive"
     assert "run at least 2" in result["to_decide"]
+    assert not plot_findings(decide(a, b, BETTER)).axes[0].lines  # nothing to draw, and no error
 
 
 def test_the_stability_rate_has_a_clopper_pearson_interval() -> None:

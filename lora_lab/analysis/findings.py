@@ -39,6 +39,11 @@ from lora_lab.config import EXPERIMENTS_DIR
 ALPHA = 0.05  # family-wise, per side
 FULL_TEST_SET = 25_000  # IMDB's test split: the most test examples a plan can ask for
 WITHOUT_COLLAPSED = "without collapsed runs"
+COLUMNS = [  # findings.csv's, in this order (the planner's seeds at more test sizes follow)
+    *("claim", "variant", "kind", "a", "impl_a", "b", "impl_b", "threshold_pp", "two_sided", "reference_pp"),
+    *("collapsed_runs", "claims_in_family", "ci_level", "seeds", "examples", "diff_pp", "ci_low", "ci_high"),
+    *("df", "p", "p_adjusted", "seed_sd_pp", "per_seed_pp", "leave_one_out", "verdict", "to_decide"),
+]
 
 
 class Claim:
@@ -226,7 +231,8 @@ def check(claims: list[Claim], table: pd.DataFrame, correct: dict[str, pd.DataFr
     family = sum(1 for _, variant, d, _, _ in cases if not variant and d is not None and d.shape[1] >= 2)
     level = 1 - 2 * ALPHA / max(family, 1)
     rows = [_row_of(claim, variant, d, why, shown, family, level) for claim, variant, d, why, shown in cases]
-    return pd.DataFrame(rows)
+    grid = list(dict.fromkeys(k for row in rows for k in row if k not in COLUMNS))  # the planner's columns
+    return pd.DataFrame(rows).reindex(columns=COLUMNS + grid)
 
 
 def _paired(a: pd.DataFrame, b: pd.DataFrame, seeds: list) -> pd.DataFrame:
