@@ -160,7 +160,7 @@ def test_one_seed_decides_nothing() -> None:
     result = decide(a, b, BETTER).iloc[0]
     assert result["diff_pp"] > 10 and result["verdict"] == "inconclusive"
     assert "run at least 2" in result["to_decide"]
-    assert not plot_findings(decide(a, b, BETTER)).axes[0].lines  # nothing to draw, and no error
+    assert not plot_findings(decide(a, b, BETTER)).axes[0].containers  # no error bar to draw, no error
 
 
 def test_the_stability_rate_has_a_clopper_pearson_interval() -> None:
