@@ -8,6 +8,7 @@ counts and tests, and needs no download).
 from __future__ import annotations
 
 import hashlib
+import logging
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
@@ -107,10 +108,12 @@ FAMILIES: dict[str, Family] = {
 
 def quiet_libraries() -> None:
     """Keep our own lines readable: no weight-loading reports, progress bars or deprecation notices from
-    transformers and PEFT (their errors still surface as exceptions)."""
+    transformers, PEFT and bitsandbytes (their errors still surface as exceptions)."""
     transformers.logging.set_verbosity_error()
     transformers.logging.disable_progress_bar()
     warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing.*", category=FutureWarning)
+    # bitsandbytes, imported by PEFT, reports at import that an optional faster CPU kernel is not installed
+    logging.getLogger("bitsandbytes").setLevel(logging.ERROR)
 
 
 def family_of(model: nn.Module) -> Family:

@@ -76,6 +76,7 @@ def test_rank_sweep_writes_three_records(tmp_path, token_cache) -> None:
 def test_ours_and_peft_give_the_same_curve_without_dropout(tmp_path, token_cache) -> None:
     out = cli(tmp_path, token_cache, "-m", *TINY, "impl=ours,peft", "dropout=0", "trainer.epochs=2")
     assert out.returncode == 0, out.stderr[-2000:]
+    assert "kernels" not in out.stdout + out.stderr  # bitsandbytes' import-time notice, silenced
     ours, peft = sorted(records(tmp_path), key=lambda r: r["impl"])
     assert (ours["impl"], peft["impl"]) == ("ours", "peft")
     assert len(ours["train_loss_curve"]) == 8
