@@ -356,12 +356,8 @@ def test_latency_joins_bench_variants_to_rows_merged_where_measured(tmp_path) ->
     runs = pd.DataFrame(
         {
             "config_id": ["a", "b", "c", "d"],
-            "name": [
-                "qv_r8-ours-seed0-1",
-                "qv_r8-peft-seed0-2",
-                "houlsby_rf16-ours-seed0-3",
-                "attn_r8-ours-seed0-4",
-            ],
+            "row": ["qv_r8", "qv_r8", "houlsby_rf16", "attn_r8"],  # as runs.frame reads them from configs
+            "impl": ["ours", "peft", "ours", "ours"],
         }
     )
     bench = {

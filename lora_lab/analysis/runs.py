@@ -10,8 +10,9 @@ import os
 from pathlib import Path
 
 import pandas as pd
+from omegaconf import OmegaConf
 
-from lora_lab import store
+from lora_lab import methods, store
 from lora_lab.assets import unreachable
 from lora_lab.store import Record, identity
 
@@ -79,6 +80,7 @@ def frame(records: list[Record], where: str, folder: Path | None = None) -> pd.D
         str(folder / r.predictions["file"]) if folder is not None and r.predictions else None
         for r in complete
     ]
+    df["row"] = [_row(r.config) for r in complete]
     df["lr"] = [r.config.get("method", {}).get("lr") for r in complete]
     df["eval_split"] = [r.config.get("data", {}).get("eval_split") or "test" for r in complete]
     df["collapsed"] = [
@@ -95,6 +97,12 @@ def frame(records: list[Record], where: str, folder: Path | None = None) -> pd.D
     settings = {r.id_of_config(): _flat(identity(r.config, r.method, with_seed=False)) for r in complete}
     df["configuration"] = _names(df, settings)
     return df.reset_index(drop=True)
+
+
+def _row(config: dict) -> str:
+    """The conf/method row a run's config makes (its run name's first part), read from the config."""
+    cfg = OmegaConf.create(config)
+    return methods.of(cfg).row(cfg)
 
 
 def _require_predictions(path: str) -> None:

@@ -150,8 +150,8 @@ def to_latex(table: pd.DataFrame) -> str:
 def add_latency(table: pd.DataFrame, runs: pd.DataFrame, bench: dict) -> pd.DataFrame:
     """The table with `latency_x_base`: each row's inference time over the base model's, from a
     `python -m lora_lab.bench` JSON (merged where the bench merged the method, else unmerged). A variant
-    `<impl>:<conf/method row>` meets the runs whose name starts with that row's run-name prefix and impl (a
-    variant without impl: any impl). Rows the bench did not measure get NaN."""
+    `<impl>:<conf/method row>` meets the runs of that row and impl, both read from the records (a variant
+    without impl: any impl). Rows the bench did not measure get NaN."""
     if "inference_s" not in bench:
         raise ValueError("the --latency file has no inference timings; use a `python -m lora_lab.bench` JSON")
     infer, rank = bench["inference_s"], bench["args"].get("rank")
@@ -163,10 +163,10 @@ def add_latency(table: pd.DataFrame, runs: pd.DataFrame, bench: dict) -> pd.Data
         impl, _, row = variant.rpartition(":")
         cfg = compose([f"method={row}", *([f"rank={rank}"] if rank else [])])
         measured[(methods.of(cfg).row(cfg), impl or None)] = seconds / infer["base"]
-    names = runs.groupby("config_id")["name"].first().str.split("-")
+    rows = runs.groupby("config_id")[["row", "impl"]].first()
     ratios = {
-        config_id: measured.get((parts[0], parts[1]), measured.get((parts[0], None)))
-        for config_id, parts in names.items()
+        config_id: measured.get((r.row, r.impl), measured.get((r.row, None)))
+        for config_id, r in rows.iterrows()
     }
     return table.assign(latency_x_base=table["config_id"].map(ratios).astype(float))
 
