@@ -46,6 +46,18 @@ def sweep_jobs(arguments: Sequence[str]) -> list[list[str]]:
     return [[o for o in job if not o.lstrip("+~").startswith("hydra")] for batch in batches for job in batch]
 
 
+def setting_names() -> list[str]:
+    """Every dotted key of the default config, e.g. trainer.epochs: what a `key=value` override may set."""
+
+    def walk(node: object, prefix: str) -> list[str]:
+        if not isinstance(node, dict):
+            return [prefix]
+        return [name for key, value in node.items() for name in walk(value, f"{prefix}{key}.")]
+
+    tree = OmegaConf.to_container(compose(), resolve=False)
+    return [name.rstrip(".") for name in walk(tree, "")]
+
+
 def is_int(value: object) -> bool:
     return isinstance(value, int) and not isinstance(value, bool)
 

@@ -6,6 +6,7 @@ python -m lora_lab.run -m rank=4,8,16 model=minilm data.train_size=200 data.eval
 
 from __future__ import annotations
 
+import difflib
 import os
 import shutil
 import sys
@@ -48,6 +49,32 @@ def check_outputs(results_dir: str, experiment_name: str) -> None:
     name = str(experiment_name or "").strip()
     inside = name and (root / name).resolve().is_relative_to(root.resolve()) and name.strip("/.")
     require(bool(inside), "experiment_name", experiment_name, "a folder name inside results_dir (no '..')")
+
+
+# Keys a module reads that a config file may leave out, so `+key=...` may add them; any other `+` addition
+# is a key nothing reads (often a misspelt one, as Hydra's own hint suggests): it would change nothing but
+# the run's name.
+ADDABLE = (
+    "model.gguf_file",
+    "model.local",
+    "model.tokenizer",
+    "model.config",
+    "model.model_type",
+    "data.local",
+)
+
+
+def check_additions(arguments: list[str]) -> None:
+    """Refuse `+key=value` for a key no module reads, naming the closest real setting."""
+    known = config.setting_names()
+    for argument in arguments:
+        key = argument.split("=", 1)[0]
+        if not key.startswith("+") or key.lstrip("+").startswith("hydra") or key.lstrip("+") in ADDABLE:
+            continue
+        name = key.lstrip("+")
+        close = difflib.get_close_matches(name, known, n=1)
+        hint = f"did you mean {close[0]}=...?" if close else "see the README's settings table"
+        raise ValueError(f"{key}: lora-lab reads no setting {name!r}, so it would change nothing; {hint}")
 
 
 def settle(cfg: DictConfig, device: torch.device) -> None:
@@ -214,8 +241,9 @@ def cli() -> None:
     store.provenance()  # pin the git commit to the code this process imported
     models.quiet_libraries()
     try:
+        arguments = [a for a in sys.argv[1:] if not a.startswith("-")]
+        check_additions(arguments)
         if {"-m", "--multirun"} & set(sys.argv[1:]):  # every job's settings, before hours of the first ones
-            arguments = [a for a in sys.argv[1:] if not a.startswith("-")]
             for job in config.sweep_jobs(arguments):
                 check(config.compose(job))
         main()

@@ -269,6 +269,8 @@ BAD_INPUT = [  # (overrides, what the one line must say)
         "experiment_name='../..' is not allowed; use a folder name inside results_dir",
     ),
     (["experiment_name="], "experiment_name='' is not allowed; use a folder name inside results_dir"),
+    (["+trainer.epoch=1"], "+trainer.epoch: lora-lab reads no setting 'trainer.epoch', so it would change"),
+    (["+trainer.epoch=1"], "did you mean trainer.epochs=...?"),
     (["-m", "rank=4,abc"], "rank must be a positive integer, got 'abc'"),  # refused before job 0 starts
     (["-m", "method=qv_r8,full", "full_lr=-1"], "full_lr=-1 is not allowed"),
     # the local copies serve only the names they hold: another name goes to the Hub (stubbed unreachable)
