@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import difflib
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -56,6 +57,32 @@ def setting_names() -> list[str]:
 
     tree = OmegaConf.to_container(compose(), resolve=False)
     return [name.rstrip(".") for name in walk(tree, "")]
+
+
+# Keys a module reads that a config file may leave out, so `+key=...` may add them; any other `+` addition
+# is a key nothing reads (often a misspelt one, as Hydra's own hint suggests): it would change nothing but
+# the run's name.
+ADDABLE = (
+    "model.gguf_file",
+    "model.local",
+    "model.tokenizer",
+    "model.config",
+    "model.model_type",
+    "data.local",
+)
+
+
+def check_additions(arguments: list[str]) -> None:
+    """Refuse `+key=value` for a key no module reads, naming the closest real setting."""
+    known = setting_names()
+    for argument in arguments:
+        key = argument.split("=", 1)[0]
+        if not key.startswith("+") or key.lstrip("+").startswith("hydra") or key.lstrip("+") in ADDABLE:
+            continue
+        name = key.lstrip("+")
+        close = difflib.get_close_matches(name, known, n=1)
+        hint = f"did you mean {close[0]}=...?" if close else "see the README's settings table"
+        raise ValueError(f"{key}: lora-lab reads no setting {name!r}, so it would change nothing; {hint}")
 
 
 def is_int(value: object) -> bool:

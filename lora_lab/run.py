@@ -6,7 +6,6 @@ python -m lora_lab.run -m rank=4,8,16 model=minilm data.train_size=200 data.eval
 
 from __future__ import annotations
 
-import difflib
 import os
 import shutil
 import sys
@@ -32,49 +31,12 @@ USER_ERRORS = (ValueError, FileNotFoundError, HydraException, OmegaConfBaseExcep
 def check(cfg: DictConfig) -> None:
     """Every setting that can be checked without loading anything, so bad input fails in a second."""
     require(is_int(cfg.seed) and 0 <= cfg.seed < 2**32, "seed", cfg.seed, "an integer in [0, 2**32)")
-    check_outputs(cfg.results_dir, cfg.experiment_name)
+    store.check_outputs(cfg.results_dir, cfg.experiment_name)
     for key in ("force", "double_quant"):
         require(isinstance(cfg[key], bool), key, cfg[key], "true or false")
     methods.check(cfg)
     train.check(cfg.trainer)
     data.check(cfg.data)
-
-
-def check_outputs(results_dir: str, experiment_name: str) -> None:
-    """Where the run's files will go: a writable folder, and an experiment name inside it."""
-    root = Path(results_dir).expanduser()
-    require(not root.exists() or root.is_dir(), "results_dir", results_dir, "a folder (this is a file)")
-    existing = next((p for p in (root, *root.parents) if p.exists()), root)
-    require(os.access(existing, os.W_OK), "results_dir", results_dir, "a folder this user can write to")
-    name = str(experiment_name or "").strip()
-    inside = name and (root / name).resolve().is_relative_to(root.resolve()) and name.strip("/.")
-    require(bool(inside), "experiment_name", experiment_name, "a folder name inside results_dir (no '..')")
-
-
-# Keys a module reads that a config file may leave out, so `+key=...` may add them; any other `+` addition
-# is a key nothing reads (often a misspelt one, as Hydra's own hint suggests): it would change nothing but
-# the run's name.
-ADDABLE = (
-    "model.gguf_file",
-    "model.local",
-    "model.tokenizer",
-    "model.config",
-    "model.model_type",
-    "data.local",
-)
-
-
-def check_additions(arguments: list[str]) -> None:
-    """Refuse `+key=value` for a key no module reads, naming the closest real setting."""
-    known = config.setting_names()
-    for argument in arguments:
-        key = argument.split("=", 1)[0]
-        if not key.startswith("+") or key.lstrip("+").startswith("hydra") or key.lstrip("+") in ADDABLE:
-            continue
-        name = key.lstrip("+")
-        close = difflib.get_close_matches(name, known, n=1)
-        hint = f"did you mean {close[0]}=...?" if close else "see the README's settings table"
-        raise ValueError(f"{key}: lora-lab reads no setting {name!r}, so it would change nothing; {hint}")
 
 
 def settle(cfg: DictConfig, device: torch.device) -> None:
@@ -109,8 +71,8 @@ def run(cfg: DictConfig) -> dict | None:
     tokenizer = models.load_tokenizer(cfg.model)
     torch.manual_seed(cfg.seed)  # the new head's init: the same for every method and impl
     model = models.load_model(cfg.model, pad_token_id=tokenizer.pad_token_id)
-    config = model.config  # GPT-2 calls its positions n_positions
-    positions = getattr(config, "max_position_embeddings", None) or getattr(config, "n_positions", 0)
+    shape = model.config  # GPT-2 calls its positions n_positions
+    positions = getattr(shape, "max_position_embeddings", None) or getattr(shape, "n_positions", 0)
     ok = not positions or cfg.data.max_length <= positions
     require(ok, "data.max_length", cfg.data.max_length, f"at most the model's {positions} positions")
     if cfg.trainer.cheap_dropout:
@@ -242,7 +204,7 @@ def cli() -> None:
     models.quiet_libraries()
     try:
         arguments = [a for a in sys.argv[1:] if not a.startswith("-")]
-        check_additions(arguments)
+        config.check_additions(arguments)
         if {"-m", "--multirun"} & set(sys.argv[1:]):  # every job's settings, before hours of the first ones
             for job in config.sweep_jobs(arguments):
                 check(config.compose(job))

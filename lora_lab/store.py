@@ -28,6 +28,7 @@ from scipy import stats
 
 from lora_lab import methods
 from lora_lab.atomic import write_atomic, write_text_atomic
+from lora_lab.config import require
 
 # Settings that change how a run is shown or stored, or where its files are found, not what it computes.
 # The device is among them: CPU and CUDA compute the same thing up to rounding (the record says which ran);
@@ -158,6 +159,17 @@ def run_name(cfg: DictConfig) -> str:
     method = methods.of(cfg)
     impl = method.impl(cfg) or "none"
     return f"{method.row(cfg)}-{impl}-seed{cfg.seed}-{digest(identity(resolved(cfg), cfg.method.kind))}"
+
+
+def check_outputs(results_dir: str, experiment_name: str) -> None:
+    """Where the run's files will go: a writable folder, and an experiment name inside it."""
+    root = Path(results_dir).expanduser()
+    require(not root.exists() or root.is_dir(), "results_dir", results_dir, "a folder (this is a file)")
+    existing = next((p for p in (root, *root.parents) if p.exists()), root)
+    require(os.access(existing, os.W_OK), "results_dir", results_dir, "a folder this user can write to")
+    name = str(experiment_name or "").strip()
+    inside = name and (root / name).resolve().is_relative_to(root.resolve()) and name.strip("/.")
+    require(bool(inside), "experiment_name", experiment_name, "a folder name inside results_dir (no '..')")
 
 
 def run_dir(cfg: DictConfig) -> Path:
