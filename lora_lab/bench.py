@@ -385,4 +385,7 @@ def main(argv: list[str] | None = None) -> None:
 
 
 if __name__ == "__main__":
-    main()
+    try:
+        main()
+    except config.USER_ERRORS as err:  # e.g. --model nope: one line, exit 2, as the runner says it
+        config.fail(err)

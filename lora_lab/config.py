@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import difflib
+import os
+import sys
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -10,10 +12,16 @@ from hydra import compose as hydra_compose
 from hydra import initialize_config_dir
 from hydra._internal.core_plugins.basic_sweeper import BasicSweeper
 from hydra.core.override_parser.overrides_parser import OverridesParser
+from hydra.errors import HydraException, MissingConfigException, OverrideParseException
 from omegaconf import DictConfig, OmegaConf
+from omegaconf.errors import OmegaConfBaseException
 
 CONF_DIR = Path(__file__).resolve().parent.parent / "conf"
 EXPERIMENTS_DIR = CONF_DIR.parent / "experiments"  # one folder per study, with its reference numbers
+
+# Mistakes a user can make on the command line or in a config: one line and exit code 2, not a traceback.
+USER_ERRORS = (ValueError, FileNotFoundError, HydraException, OmegaConfBaseException)
+SHOW_TRACEBACK = os.environ.get("HYDRA_FULL_ERROR") == "1"  # read before the runner sets it for Hydra
 
 # alpha defaults to 2 * rank: `alpha: ${mul:2,${rank}}` in config.yaml.
 if not OmegaConf.has_resolver("mul"):
@@ -97,3 +105,17 @@ def require(ok: bool, setting: str, value: object, expected: str) -> None:
     """Raise the one-line user error `setting=value: use <expected>` unless `ok`."""
     if not ok:
         raise ValueError(f"{setting}={value!r} is not allowed; use {expected}")
+
+
+def fail(err: BaseException) -> None:
+    """Exit with code 2 and the error on one line; the traceback when the user set HYDRA_FULL_ERROR=1."""
+    if SHOW_TRACEBACK:
+        raise err
+    if isinstance(err, MissingConfigException) and err.options:  # e.g. model=nope
+        message = f"{str(err).splitlines()[0]}; choose one of: {', '.join(err.options)}"
+    elif isinstance(err, OverrideParseException):  # e.g. rank=[
+        message = f"cannot parse the override {err.override!r}: {err.message.splitlines()[0]}"
+    else:
+        message = "; ".join(line.strip() for line in str(err).splitlines() if line.strip())
+    print(f"error: {message}  (HYDRA_FULL_ERROR=1 shows the traceback)", file=sys.stderr)
+    sys.exit(2)

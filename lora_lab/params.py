@@ -74,7 +74,10 @@ def format_table(rows: list[dict]) -> str:
 
 def main(argv: Sequence[str] | None = None) -> None:
     models.quiet_libraries()
-    print(format_table(row_counts(sys.argv[1:] if argv is None else argv)))
+    try:
+        print(format_table(row_counts(sys.argv[1:] if argv is None else argv)))
+    except config.USER_ERRORS as err:  # e.g. model=nope: one line, exit 2, as the runner says it
+        config.fail(err)
 
 
 if __name__ == "__main__":

@@ -16,16 +16,11 @@ from pathlib import Path
 import hydra
 import pandas as pd
 import torch
-from hydra.errors import HydraException, MissingConfigException, OverrideParseException
 from omegaconf import DictConfig
-from omegaconf.errors import OmegaConfBaseException
 
 from lora_lab import config, data, dropout, lora, methods, models, params, quant, store, train
-from lora_lab.config import is_int, require
+from lora_lab.config import USER_ERRORS, fail, is_int, require
 from lora_lab.train import NonFiniteLoss, fit, pick_cheap_dropout, pick_device, pick_precision
-
-# Mistakes a user can make on the command line or in a config: one line and exit code 2, not a traceback.
-USER_ERRORS = (ValueError, FileNotFoundError, HydraException, OmegaConfBaseException)
 
 
 def check(cfg: DictConfig) -> None:
@@ -160,8 +155,12 @@ def save_adapter(method: methods.Method, model: torch.nn.Module, folder: Path, b
     """Save what a method keeps (an adapter) beside its record, replacing any older one; its size in bytes."""
     tmp = folder.with_name(folder.name + ".partial")
     shutil.rmtree(tmp, ignore_errors=True)
-    if method.save(model, tmp, base_name) is None:
-        return None
+    try:
+        if method.save(model, tmp, base_name) is None:
+            return None
+    except BaseException:  # a full disk, Ctrl-C: no half-written adapter stays behind
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
     shutil.rmtree(folder, ignore_errors=True)
     tmp.rename(folder)
     return sum(f.stat().st_size for f in folder.rglob("*") if f.is_file())
@@ -174,23 +173,6 @@ def main(cfg: DictConfig) -> float | None:
     except USER_ERRORS as err:
         fail(err)
     return record.get("accuracy") if record else None
-
-
-def fail(err: BaseException) -> None:
-    """Exit with code 2 and the error on one line; the traceback when the user set HYDRA_FULL_ERROR=1."""
-    if SHOW_TRACEBACK:
-        raise err
-    if isinstance(err, MissingConfigException) and err.options:  # e.g. model=nope
-        message = f"{str(err).splitlines()[0]}; choose one of: {', '.join(err.options)}"
-    elif isinstance(err, OverrideParseException):  # e.g. rank=[
-        message = f"cannot parse the override {err.override!r}: {err.message.splitlines()[0]}"
-    else:
-        message = "; ".join(line.strip() for line in str(err).splitlines() if line.strip())
-    print(f"error: {message}  (HYDRA_FULL_ERROR=1 shows the traceback)", file=sys.stderr)
-    sys.exit(2)
-
-
-SHOW_TRACEBACK = os.environ.get("HYDRA_FULL_ERROR") == "1"
 
 
 def cli() -> None:
@@ -211,6 +193,9 @@ def cli() -> None:
         main()
     except USER_ERRORS as err:
         fail(err)
+    except KeyboardInterrupt:  # records and predictions are written atomically: nothing half-written stays
+        print("interrupted: the run in progress left no record; the same command resumes", file=sys.stderr)
+        sys.exit(130)
 
 
 if __name__ == "__main__":

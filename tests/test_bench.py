@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import argparse
 import json
+import subprocess
+import sys
 
 import pytest
 import torch
@@ -93,3 +95,19 @@ def test_memory_bench_measures_qlora_beside_the_float_floor_in_fresh_processes(t
     assert frozen["ours:qlora_attn_ffn_r8"] < frozen["floor"]  # the floor's base stays in fp32
     assert frozen["ours:qlora_attn_ffn_r8"] == pytest.approx(frozen["peft:qlora_attn_ffn_r8"], rel=1e-3)
     assert "ours:qlora_attn_ffn_r8 merged" not in result["inference_s"]  # a 4-bit base is not merged into
+
+
+@pytest.mark.parametrize(
+    ("module", "arguments", "message"),
+    [
+        ("lora_lab.params", ["model=nope"], "Could not find 'model/nope'; choose one of: distilbert"),
+        ("lora_lab.bench", ["--model", "tiny_bert", "--methods", "nope"], "Could not find 'method/nope'"),
+    ],
+)
+def test_unknown_names_are_one_line_and_exit_2(module, arguments, message) -> None:
+    out = subprocess.run(
+        [sys.executable, "-m", module, *arguments], capture_output=True, text=True, timeout=300
+    )
+    assert out.returncode == 2
+    [line] = out.stderr.strip().splitlines()
+    assert line.startswith("error: ") and message in line

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -151,6 +152,31 @@ def test_a_finished_run_counts_only_on_the_data_it_ran_on(tmp_path, token_cache)
     again = cli(tmp_path, token_cache, *setting)
     assert again.returncode == 0 and "predictions file" in again.stdout and "running it again" in again.stdout
     assert (tmp_path / "results" / "default" / "runs" / rerun["predictions"]["file"]).is_file()
+
+
+def test_ctrl_c_ends_a_run_in_one_line_and_leaves_nothing(tmp_path, token_cache) -> None:
+    env = {**os.environ, "LORA_LAB_ASSETS": str(ASSETS), "LORA_LAB_CACHE": str(token_cache)}
+    cmd = [
+        sys.executable,
+        "-m",
+        "lora_lab.run",
+        *TINY,
+        "trainer.epochs=1000",
+        f"results_dir={tmp_path / 'r'}",
+    ]
+    run_ = subprocess.Popen(
+        cmd, cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+    )
+    for line in run_.stdout:  # training has begun once the run has said what it trains
+        if "trainable" in line:
+            break
+    run_.send_signal(signal.SIGINT)
+    _, err = run_.communicate(timeout=120)
+    assert run_.returncode == 130
+    assert err.strip().splitlines() == [
+        "interrupted: the run in progress left no record; the same command resumes"
+    ]
+    assert not [p for p in (tmp_path / "r").rglob("*") if p.is_file()]
 
 
 def test_non_finite_loss_fails_that_run_and_the_sweep_goes_on(tmp_path, token_cache) -> None:
