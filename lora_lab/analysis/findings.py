@@ -212,7 +212,7 @@ def check(claims: list[Claim], table: pd.DataFrame, correct: dict[str, pd.DataFr
     """One row per checked claim (and per claim re-checked without collapsed runs), with the verdict, the
     deciding interval, the per-seed differences and the seeds a study would need."""
     expanded = [c for claim in claims for c in claim.expand(table)]
-    collapsed = _collapsed_seeds(table)
+    collapsed = dict(zip(table["config_id"], table["collapsed_seeds"], strict=True))
     cases = []  # (claim, variant, difference matrix or None, why not, collapsed runs)
     for claim in expanded:
         a, b = _config(table, claim.a, claim.impl_a), _config(table, claim.b, claim.impl_b)
@@ -346,10 +346,6 @@ def _config(table: pd.DataFrame, label: str, impl: str) -> str:
 def _row(table: pd.DataFrame, config_id: str) -> str:
     row = table.loc[table["config_id"] == config_id].iloc[0]
     return row["configuration"] + ("" if row["impl"] == NO_IMPL else f" ({row['impl']})")
-
-
-def _collapsed_seeds(table: pd.DataFrame) -> dict[str, tuple]:
-    return dict(zip(table["config_id"], table["collapsed_seeds"], strict=True))
 
 
 def stability(table: pd.DataFrame) -> pd.DataFrame:
