@@ -244,7 +244,7 @@ def test_wandb_source_reads_the_same_fields(monkeypatch) -> None:
             self.summary = {"name": label, "experiment": "x", "label": label, "method": method, "seed": 0}
             self.summary |= {"model": "m", "status": "complete", "impl": impl, "accuracy": 0.9}
             self.summary |= {"trainable_params": 1, "trainable_pct": 1.0, "targets": targets, "rank": rank}
-            self.config = {"method": {"kind": method}, "impl": impl, "rank": rank}
+            self.config = {"method": {"kind": method, "targets": targets}, "impl": impl, "rank": rank}
 
     class Api:
         def runs(self, path: str) -> list[Run]:

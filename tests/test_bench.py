@@ -21,7 +21,7 @@ ARGS = argparse.Namespace(
     rank=4,
     dropout=0.1,
     quant=None,
-    device_type="cpu",
+    precision="fp32",
     checkpointing=False,
     cheap_dropout=True,
 )
