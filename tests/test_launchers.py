@@ -84,7 +84,8 @@ def test_a_ray_cluster_runs_the_sweep_and_writes_the_same_records(tmp_path, basi
     port = free_port()
     start = [str(ray), "start", "--head", "--node-ip-address=127.0.0.1", f"--port={port}", "--num-cpus=2"]
     start.append("--include-dashboard=false")
-    subprocess.run(start, env=env, check=True, capture_output=True, timeout=120)
+    # workers start in `ray start`'s folder and write the jobs' multirun/ folders there
+    subprocess.run(start, env=env, cwd=tmp_path, check=True, capture_output=True, timeout=120)
     try:
         out = sweep(
             tmp_path,
