@@ -111,6 +111,7 @@ def run(cfg: DictConfig) -> dict | None:
         **store.provenance(),
     }
     record["load_s"] = time.perf_counter() - loading
+    store.Record.check_fields(record)  # a field outside the schema fails now, not after hours of training
     with store.wandb_run(cfg, name) as wandb:
         started = time.time()
         try:
@@ -126,6 +127,7 @@ def run(cfg: DictConfig) -> dict | None:
                 scoring=method.merged(model, cfg) if cfg.trainer.merge_eval else nullcontext(),
             )
             predictions = metrics.pop("predictions")
+            store.Record.check_fields(metrics)  # before the adapter or predictions are written
             record.update(metrics, status="complete")
         except NonFiniteLoss as err:
             record.update(status="failed", reason=f"{err}; lower {methods.lr_setting(cfg)} or check the data")

@@ -14,7 +14,7 @@ import json
 import os
 import platform
 import subprocess
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from functools import cache
 from importlib.metadata import PackageNotFoundError, version
@@ -105,11 +105,19 @@ class Record:
     machine: str | None = None
 
     @classmethod
+    def check_fields(cls, names: Iterable[str]) -> None:
+        """Names outside this schema are an error: the runner checks what it will write before it trains."""
+        unknown = set(names) - {f.name for f in dataclasses.fields(cls)}
+        if unknown:
+            raise ValueError(
+                f"unknown record fields {sorted(unknown)}: add them to store.Record, or update lora-lab to "
+                "read a record a newer version wrote"
+            )
+
+    @classmethod
     def from_dict(cls, data: dict) -> Record:
         """A record read from JSON; unknown keys (from a newer schema) are an error, missing ones None."""
-        unknown = set(data) - {f.name for f in dataclasses.fields(cls)}
-        if unknown:
-            raise ValueError(f"unknown record fields {sorted(unknown)}; update lora-lab to read this record")
+        cls.check_fields(data)
         return cls(**data)
 
     def id_of_config(self) -> str:

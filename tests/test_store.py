@@ -1,6 +1,8 @@
-"""Run names: equal for runs that compute the same thing, different otherwise."""
+"""Run names (equal for runs that compute the same thing, different otherwise) and the record schema."""
 
 from __future__ import annotations
+
+import pytest
 
 from lora_lab import config, store
 
@@ -78,3 +80,9 @@ def test_each_studys_committed_records_keep_the_names_its_sweep_composes() -> No
         assert committed <= names, (folder, sorted(committed - names))
         checked += bool(committed)
     assert checked >= 4  # imdb_rank_target, imdb_methods (and its lr pilot), imdb_llm_cpu
+
+
+def test_fields_outside_the_schema_are_named() -> None:
+    store.Record.check_fields(["name", "accuracy", "data", "load_s"])
+    with pytest.raises(ValueError, match=r"unknown record fields \['acuracy'\]: add them to store.Record"):
+        store.Record.check_fields(["name", "acuracy"])
