@@ -9,9 +9,9 @@ import sys
 
 import pytest
 import torch
-from conftest import requires_assets
+from conftest import ASSETS, requires_assets
 
-from lora_lab import bench
+from lora_lab import bench, cost
 from lora_lab.params import count, frozen_bytes
 
 ARGS = argparse.Namespace(
@@ -111,3 +111,16 @@ def test_unknown_names_are_one_line_and_exit_2(module, arguments, message) -> No
     assert out.returncode == 2
     [line] = out.stderr.strip().splitlines()
     assert line.startswith("error: ") and message in line
+
+
+@requires_assets
+def test_a_studys_cost_scales_a_short_sample_to_its_sizes(monkeypatch, tmp_path) -> None:
+    monkeypatch.setenv("LORA_LAB_CACHE", str(tmp_path))
+    monkeypatch.setenv("LORA_LAB_ASSETS", str(ASSETS))
+    costs = cost.estimate("smoke", steps=1, eval_size=16).set_index("row")
+    # smoke: one row, one run; 48 training reviews at batch 16 for one epoch = 3 steps; 32 scored reviews
+    row = costs.loc["qv_r8"]
+    assert (row["impl"], row["runs"], row["steps"], row["reviews"]) == ("ours", 1, 3, 32)
+    assert row["train_s"] > 0 and row["eval_s"] > 0 and row["load_s"] > 0
+    assert row["total_s"] == pytest.approx(row["load_s"] + row["train_s"] + row["eval_s"])
+    assert "the study: 1 runs" in cost.to_text(costs.reset_index(), "smoke")
