@@ -54,6 +54,10 @@ def load_imdb(cfg: DictConfig) -> dict[str, pd.DataFrame]:
     source = assets.resolve(cfg.source, cfg.get("local"), "data.source")
     if Path(source).is_dir():
         frames = _read_folder(Path(source))
+    elif Path(source).is_file():
+        raise ValueError(
+            f"data.source={source!r} is a file; point it at the folder holding train.parquet and test.parquet"
+        )
     elif assets.is_path(source):
         raise FileNotFoundError(
             f"data.source={source!r} does not exist; point it at a parquet or aclImdb folder"
@@ -109,8 +113,19 @@ def _read_aclimdb_split(path: Path) -> pd.DataFrame:
     """The original release: <split>/{neg,pos}/<id>_<stars>.txt, ordered like the Hub's copy."""
     rows = []
     for label, name in enumerate(LABEL_NAMES):
-        numbered = sorted((int(re.match(r"\d+", f.name).group()), f) for f in (path / name).glob("*.txt"))
-        rows += [(f.read_text(encoding="utf-8"), label, number) for number, f in numbered]
+        files = sorted((path / name).glob("*.txt"))
+        stray = [f for f in files if not re.fullmatch(r"\d+_\d+\.txt", f.name)]
+        if stray:
+            raise ValueError(
+                f"{stray[0]} is not a review (<id>_<stars>.txt); move it out of the aclImdb folder"
+            )
+        for number, f in sorted((int(f.name.split("_")[0]), f) for f in files):
+            try:
+                rows.append((f.read_text(encoding="utf-8"), label, number))
+            except UnicodeDecodeError as err:
+                raise ValueError(
+                    f"{f} is not UTF-8 text ({err.reason} at byte {err.start}); re-save it"
+                ) from None
     return pd.DataFrame(rows, columns=[*COLUMNS, "review_id"])
 
 
@@ -224,6 +239,7 @@ def splits(cfg: DictConfig, seed: int) -> tuple[pd.DataFrame, pd.DataFrame]:
     if cfg.get("eval_split") == "dev":
         evaluation = subset(train, cfg.eval_size, cfg.eval_seed, "eval_size")
         train = train[~train["example_id"].isin(evaluation["example_id"])].reset_index(drop=True)
+        require(len(train) > 0, "data.eval_size", cfg.eval_size, "fewer reviews than the train split holds")
     else:
         evaluation = subset(frames["test"], cfg.eval_size, cfg.eval_seed, "eval_size")
     train = subset(train, cfg.train_size, seed, "train_size")

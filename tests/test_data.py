@@ -46,6 +46,18 @@ def test_aclimdb_folder(tmp_path) -> None:
         "label": [0, 0, 1],
         "example_id": ["neg/2", "neg/10", "pos/7"],
     }
+    load = lambda: data.load_imdb(OmegaConf.create({"source": str(tmp_path), "local": None}))  # noqa: E731
+    (tmp_path / "test" / "pos" / "3_9.txt").write_bytes(b"caf\xe9")  # Latin-1, not UTF-8
+    with pytest.raises(ValueError, match=r"3_9.txt is not UTF-8 text \(unexpected end of data at byte 3\)"):
+        load()
+    (tmp_path / "test" / "pos" / "3_9.txt").unlink()
+    (tmp_path / "train" / "neg" / "notes.txt").write_text("to do")
+    with pytest.raises(ValueError, match=r"notes.txt is not a review \(<id>_<stars>.txt\); move it out"):
+        load()
+    with pytest.raises(ValueError, match="is a file; point it at the folder holding train.parquet"):
+        data.load_imdb(
+            OmegaConf.create({"source": str(tmp_path / "train" / "neg" / "2_5.txt"), "local": None})
+        )
 
 
 @requires_assets
@@ -113,6 +125,10 @@ def test_dev_split_holds_reviews_out_of_training_and_leaves_test_alone(tmp_path)
     assert splits(eval_split="dev", eval_seed=1)[1] != dev
     with pytest.raises(ValueError, match="data.eval_size=None is not allowed; use a number of reviews"):
         splits(eval_split="dev", eval_size=None)
+    with pytest.raises(
+        ValueError, match="data.eval_size=120 is not allowed; use fewer reviews than the train"
+    ):
+        splits(eval_split="dev", eval_size=120)  # every training review held out: nothing left to train on
     with pytest.raises(ValueError, match="data.eval_split='val' is not allowed; use null"):
         splits(eval_split="val")
 
