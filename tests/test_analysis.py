@@ -161,10 +161,10 @@ def test_missing_or_broken_inputs_are_named_with_the_fix(tmp_path) -> None:
 def test_a_dev_split_pilot_picks_each_rows_best_rate() -> None:
     table = pd.DataFrame(
         {
-            "label": ["LoRA"] * 3 + ["DoRA"] * 2,
-            "impl": ["ours"] * 5,
-            "lr": [1e-4, 1e-3, 3e-4, 1e-3, 3e-3],
-            "accuracy": [70.0, 75.0, 78.0, 60.0, 71.0],
+            "label": ["LoRA"] * 3 + ["DoRA"] * 2 + ["PiSSA"],
+            "impl": ["ours"] * 6,
+            "lr": [1e-4, 1e-3, 3e-4, 1e-3, 3e-3, 1e-3],
+            "accuracy": [70.0, 75.0, 78.0, 60.0, 71.0, 74.0],
             "ci_low": 0.0,
             "ci_high": 100.0,
             "n": 1,
@@ -174,8 +174,10 @@ def test_a_dev_split_pilot_picks_each_rows_best_rate() -> None:
     picked = chosen[chosen["chosen"]].set_index("label")
     assert picked.loc["LoRA", "lr"] == 3e-4 and not picked.loc["LoRA", "edge"]  # interior of 1e-4..1e-3
     assert picked.loc["DoRA", "lr"] == 3e-3 and picked.loc["DoRA", "edge"]  # the grid's top: widen it
-    assert "| DoRA | ours | 0.003 | 71.00% | [0.00, 100.00] | 1 | **chosen**: at the grid's edge" in (
-        rates.to_markdown(chosen)
+    text = rates.to_markdown(chosen)
+    assert "| DoRA | ours | 0.003 | 71.00% | [0.00, 100.00] | 1 | **chosen**: at the grid's edge" in text
+    assert (
+        "| PiSSA | ours | 0.001 | 74.00% | [0.00, 100.00] | 1 | one rate run so far: no choice yet |" in text
     )
 
 

@@ -15,14 +15,15 @@ from lora_lab.atomic import write_text_atomic
 
 
 def choose(table: pd.DataFrame) -> pd.DataFrame:
-    """The pilot's table (one row per rate and row) with `chosen` marking each row's best rate, and `edge`
-    where that best is the grid's lowest or highest rate (the grid should then be widened)."""
+    """The pilot's table (one row per rate and row) with `chosen` marking each row's best rate, `edge` where
+    that best is the grid's lowest or highest rate (the grid should then be widened), and `only` where a row
+    has run one rate (nothing chosen yet)."""
     out = []
     for _, group in table.groupby(["label", "impl"], sort=False):
         group = group.sort_values("lr")
         best = group["accuracy"].idxmax()
         edge = len(group) > 1 and best in (group.index[0], group.index[-1])
-        out.append(group.assign(chosen=group.index == best, edge=edge))
+        out.append(group.assign(chosen=group.index == best, edge=edge, only=len(group) == 1))
     return pd.concat(out)
 
 
@@ -33,6 +34,7 @@ def to_markdown(rates: pd.DataFrame) -> str:
     ]
     for r in rates.itertuples(index=False):
         mark = ("**chosen**" + (": at the grid's edge, widen it" if r.edge else "")) if r.chosen else ""
+        mark = "one rate run so far: no choice yet" if r.chosen and r.only else mark
         ci = f"[{r.ci_low:.2f}, {r.ci_high:.2f}]"
         lines.append(f"| {r.label} | {r.impl} | {r.lr:g} | {r.accuracy:.2f}% | {ci} | {r.n} | {mark} |")
     lines.append(
