@@ -82,13 +82,12 @@ ADDABLE = (
 
 def check_additions(arguments: list[str]) -> None:
     """Refuse `+key=value` for a key no module reads, naming the closest real setting."""
-    known = setting_names()
     for argument in arguments:
         key = argument.split("=", 1)[0]
-        if not key.startswith("+") or key.lstrip("+").startswith("hydra") or key.lstrip("+") in ADDABLE:
-            continue
         name = key.lstrip("+")
-        close = difflib.get_close_matches(name, known, n=1)
+        if key == name or name.startswith("hydra") or name in ADDABLE:
+            continue
+        close = difflib.get_close_matches(name, setting_names(), n=1)  # composed only for a refusal
         hint = f"did you mean {close[0]}=...?" if close else "see the README's settings table"
         raise ValueError(f"{key}: lora-lab reads no setting {name!r}, so it would change nothing; {hint}")
 
