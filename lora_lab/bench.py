@@ -14,7 +14,7 @@ measured for the base and each variant, unmerged and, where the method merges, m
 from __future__ import annotations
 
 import argparse
-import copy
+import gc
 import json
 import os
 import statistics
@@ -22,6 +22,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import torch
@@ -96,18 +97,42 @@ def timed(fn, device: torch.device) -> float:
     return time.perf_counter() - start
 
 
-def interleaved(
-    jobs: dict[str, callable], rounds: int, warmup: int, device: torch.device
+def measure(
+    builders: dict[str, Callable[[], Callable[[], object] | None]],
+    rounds: int,
+    warmup: int,
+    device: torch.device,
+    order: str,
 ) -> dict[str, float]:
-    """Median seconds per call of each job, the jobs taking turns within every round."""
-    for job in jobs.values():
+    """Median seconds per call of each job; `builders` make the jobs (each holding its model), or None where
+    there is none to measure (a method that cannot merge).
+
+    interleaved: every job is built first, then they take turns within every round, so the noise of a shared
+    CPU hits them alike. sequential: one job is built, measured and freed before the next is built, so only
+    one model is on the device at a time (a 1B-parameter model's variants on one GPU)."""
+    if order == "interleaved":
+        jobs = {name: job for name, build_job in builders.items() if (job := build_job()) is not None}
+        for job in jobs.values():
+            for _ in range(warmup):
+                job()
+        times = {name: [] for name in jobs}
+        for _ in range(rounds):
+            for name, job in jobs.items():
+                times[name].append(timed(job, device))
+        return {name: statistics.median(t) for name, t in times.items()}
+    medians = {}
+    for name, build_job in builders.items():
+        job = build_job()
+        if job is None:
+            continue
         for _ in range(warmup):
             job()
-    times = {name: [] for name in jobs}
-    for _ in range(rounds):
-        for name, job in jobs.items():
-            times[name].append(timed(job, device))
-    return {name: statistics.median(t) for name, t in times.items()}
+        medians[name] = statistics.median(timed(job, device) for _ in range(rounds))
+        del job
+        gc.collect()
+        if device.type == "cuda":
+            torch.cuda.empty_cache()
+    return medians
 
 
 def train_variants(args: argparse.Namespace) -> list[str]:
@@ -128,37 +153,38 @@ def train_variants(args: argparse.Namespace) -> list[str]:
 
 
 def bench_training(args: argparse.Namespace, device: torch.device) -> dict[str, float]:
-    jobs = {}
-    for variant in train_variants(args):
+    def step_of(variant: str) -> Callable[[], object]:
         model = build(args, variant)[0].to(device).train()
         optimizer = optimizer_for(model, 1e-5, 0.0, device)  # the runner's: fused on CUDA
         batch = fake_batch(model, args, device)
-        jobs[variant] = lambda m=model, b=batch, o=optimizer: train_step(
-            m, b, o, GRAD_CLIP, device, args.precision
-        )
-    return interleaved(jobs, args.rounds, args.warmup, device)
+        return lambda: train_step(model, batch, optimizer, GRAD_CLIP, device, args.precision)
+
+    builders = {variant: (lambda v=variant: step_of(v)) for variant in train_variants(args)}
+    return measure(builders, args.rounds, args.warmup, device, args.order)
 
 
 def bench_inference(args: argparse.Namespace, device: torch.device) -> dict[str, float]:
     """Forward latency of the base and of every variant, unmerged and, where the method folds into the
     base weights (LoRA, DoRA, IA3; not a 4-bit base), merged."""
-    base = build(args, "floor")[0].to(device).eval()
-    batch = {k: v for k, v in fake_batch(base, args, device).items() if k != "labels"}
-    variants = {"base": base}
-    for variant in train_variants(args)[1:]:
+
+    def forward_of(variant: str, merged: bool = False) -> Callable[[], object] | None:
         model, method = build(args, variant)
-        variants[f"{variant} unmerged"] = model.to(device).eval()
-        merged = None if variant_config(args, variant).quant else method.merge(copy.deepcopy(model))
-        if merged is not None:
-            variants[f"{variant} merged"] = merged
+        if merged and (variant_config(args, variant).quant or method.merge(model) is None):
+            return None
+        model = model.to(device).eval()
+        batch = {k: v for k, v in fake_batch(model, args, device).items() if k != "labels"}
 
-    def infer(model: nn.Module) -> None:
-        with torch.inference_mode(), autocast(device, args.precision):
-            model(**batch)
+        def infer() -> None:
+            with torch.inference_mode(), autocast(device, args.precision):
+                model(**batch)
 
-    return interleaved(
-        {n: (lambda m=m: infer(m)) for n, m in variants.items()}, args.rounds, args.warmup, device
-    )
+        return infer
+
+    builders = {"base": lambda: forward_of("floor")}
+    for variant in train_variants(args)[1:]:
+        builders[f"{variant} unmerged"] = lambda v=variant: forward_of(v)
+        builders[f"{variant} merged"] = lambda v=variant: forward_of(v, merged=True)
+    return measure(builders, args.rounds, args.warmup, device, args.order)
 
 
 def bench_memory(args: argparse.Namespace, argv: list[str]) -> dict[str, dict[str, float]]:
@@ -330,6 +356,13 @@ def main(argv: list[str] | None = None) -> None:
         "--checkpointing", action="store_true", help="gradient checkpointing in every variant (less memory)"
     )
     parser.add_argument("--quant", choices=("nf4",), help="store the frozen base in 4-bit NF4 (QLoRA)")
+    parser.add_argument(
+        "--order",
+        choices=("auto", "interleaved", "sequential"),
+        default="auto",
+        help="interleaved: all variants built, taking turns each round (a noisy shared CPU); sequential: one "
+        "variant at a time on the device (a large model on one GPU). auto: sequential on CUDA",
+    )
     parser.add_argument("--rounds", type=int, default=10)
     parser.add_argument("--warmup", type=int, default=2)
     parser.add_argument(
@@ -354,6 +387,8 @@ def main(argv: list[str] | None = None) -> None:
     args.precision = pick_precision(args.precision, device)
     setting = {"true": True, "false": False}.get(args.cheap_dropout, "auto")
     args.cheap_dropout = pick_cheap_dropout(setting, device)
+    if args.order == "auto":
+        args.order = "sequential" if device.type == "cuda" else "interleaved"
     if args.memory_child:
         return memory_child(args, device)
     setup = (
@@ -361,7 +396,7 @@ def main(argv: list[str] | None = None) -> None:
         f"batch {args.batch} x {args.seq} tokens, r={args.rank or 'per row'}, dropout {args.dropout}, "
         f"{args.precision}, "
         f"{'cheap' if args.cheap_dropout else 'torch'} dropout masks, "
-        f"{device.type}, {torch.get_num_threads()} threads"
+        f"{device.type}, {torch.get_num_threads()} threads, variants {args.order}"
     )
     result = {"setup": setup, "args": {k: v for k, v in vars(args).items() if k != "out"}}
     if args.e2e:

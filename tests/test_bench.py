@@ -36,6 +36,29 @@ def test_floor_trains_the_head_but_backpropagates_through_the_frozen_stack() -> 
     assert seen and seen[0] is not None  # the input gradient reached the first layer
 
 
+@pytest.mark.parametrize("order", ["sequential", "interleaved"])
+def test_sequential_order_holds_one_variant_at_a_time(order) -> None:
+    live, most = set(), []
+
+    class Model:  # stands in for a variant's model: counted while it exists
+        def __init__(self, name: str) -> None:
+            self.name = name
+            live.add(name)
+
+        def __del__(self) -> None:
+            live.discard(self.name)
+
+    def builder(name: str):
+        model = Model(name)
+        return lambda: most.append(len(live)) or model
+
+    builders = {name: (lambda n=name: builder(n)) for name in ("a", "b", "c")}
+    builders["cannot merge"] = lambda: None
+    medians = bench.measure(builders, rounds=3, warmup=1, device=torch.device("cpu"), order=order)
+    assert set(medians) == {"a", "b", "c"}  # a builder's None is no job, not an error
+    assert max(most) == (1 if order == "sequential" else 3)
+
+
 @requires_assets
 def test_bench_command_writes_every_variant(tmp_path) -> None:
     out = tmp_path / "bench.json"
