@@ -6,9 +6,11 @@ python -m lora_lab.run -m rank=4,8,16 model=minilm data.train_size=200 data.eval
 
 from __future__ import annotations
 
+import errno
 import os
 import shutil
 import sys
+import tempfile
 import time
 from contextlib import nullcontext
 from pathlib import Path
@@ -112,69 +114,117 @@ def run(cfg: DictConfig) -> dict | None:
     }
     record["load_s"] = time.perf_counter() - loading
     store.Record.check_fields(record)  # a field outside the schema fails now, not after hours of training
-    with store.wandb_run(cfg, name) as wandb:
-        started = time.time()
-        try:
-            metrics = fit(
-                model,
-                train_set,
-                eval_set,
-                cfg.trainer,
-                cfg.method.lr,
-                cfg.seed,
-                tokenizer.pad_token_id,
-                pad_left=tokenizer.padding_side == "left" or method.pads_left(model),
-                scoring=method.merged(model, cfg) if cfg.trainer.merge_eval else nullcontext(),
-            )
-            predictions = metrics.pop("predictions")
-            store.Record.check_fields(metrics)  # before the adapter or predictions are written
-            record.update(metrics, status="complete")
-        except NonFiniteLoss as err:
-            record.update(status="failed", reason=f"{err}; lower {methods.lr_setting(cfg)} or check the data")
-        record["finished_at"] = time.strftime("%Y-%m-%dT%H:%M:%S%z")
-        record["wall_s"] = time.time() - started
-        if record["status"] == "complete" and cfg.trainer.save_adapter:
-            record["adapter_bytes"] = save_adapter(method, model, path.with_suffix(""), cfg.model.name)
-        if wandb is not None:
-            summary = {k: v for k, v in record.items() if isinstance(v, (int, float, str)) and k != "config"}
-            for step, loss in enumerate(record.get("train_loss_curve", [])):
-                wandb.log({"train/loss": loss}, step=step * cfg.trainer.log_every)
-            wandb.summary.update(summary)
-    if record["status"] == "complete":
-        ids = eval_set.example_ids or [str(i) for i in range(len(eval_set))]
-        frame = pd.DataFrame({"example_id": ids, "label": eval_set.labels.numpy(), **predictions})
-        record["predictions"] = store.write_predictions(path, frame)
-        record["collapsed"] = store.collapse(frame["pred"], frame["label"])
-    store.write(path, store.Record(**record))
+    staged = None  # the adapter, written beside its final place until the record is
+    try:
+        with store.wandb_run(cfg, name) as wandb:
+            started = time.time()
+            try:
+                metrics = fit(
+                    model,
+                    train_set,
+                    eval_set,
+                    cfg.trainer,
+                    cfg.method.lr,
+                    cfg.seed,
+                    tokenizer.pad_token_id,
+                    pad_left=tokenizer.padding_side == "left" or method.pads_left(model),
+                    scoring=method.merged(model, cfg) if cfg.trainer.merge_eval else nullcontext(),
+                )
+                predictions = metrics.pop("predictions")
+                store.Record.check_fields(metrics)  # before the adapter or predictions are written
+                record.update(metrics, status="complete")
+            except NonFiniteLoss as err:
+                reason = f"{err}; lower {methods.lr_setting(cfg)} or check the data"
+                record.update(status="failed", reason=reason)
+            record["finished_at"] = time.strftime("%Y-%m-%dT%H:%M:%S%z")
+            record["wall_s"] = time.time() - started
+            if record["status"] == "complete" and cfg.trainer.save_adapter:
+                staged = stage_adapter(method, model, path.with_suffix(""), cfg.model.name)
+                if staged:
+                    record["adapter_bytes"] = sum(f.stat().st_size for f in staged.rglob("*") if f.is_file())
+            if wandb is not None:
+                summary = {
+                    k: v for k, v in record.items() if isinstance(v, (int, float, str)) and k != "config"
+                }
+                for step, loss in enumerate(record.get("train_loss_curve", [])):
+                    wandb.log({"train/loss": loss}, step=step * cfg.trainer.log_every)
+                wandb.summary.update(summary)
+        if record["status"] == "complete":
+            ids = eval_set.example_ids or [str(i) for i in range(len(eval_set))]
+            frame = pd.DataFrame({"example_id": ids, "label": eval_set.labels.numpy(), **predictions})
+            record["predictions"] = store.write_predictions(path, frame)
+            record["collapsed"] = store.collapse(frame["pred"], frame["label"])
+        store.write(path, store.Record(**record))
+    except BaseException:  # a full disk, Ctrl-C: no adapter or predictions without their record
+        if staged:
+            shutil.rmtree(staged, ignore_errors=True)
+        if "predictions" in record:
+            path.with_name(record["predictions"]["file"]).unlink(missing_ok=True)
+        raise
+    if staged:
+        publish_adapter(staged, path.with_suffix(""))
     result = f"accuracy {record['accuracy']:.4f}" if record["status"] == "complete" else record["reason"]
     if record.get("collapsed"):
-        result += f" (collapsed: {record['collapsed']}; expected of tiny runs like experiment=smoke)"
+        result += f" (collapsed: {record['collapsed']}; too high a rate, or too little data, does this)"
     print(f"[lora-lab] {name}: {record['status']}: {result} -> {path}")
     return record
 
 
-def save_adapter(method: methods.Method, model: torch.nn.Module, folder: Path, base_name: str) -> int | None:
-    """Save what a method keeps (an adapter) beside its record, replacing any older one; its size in bytes."""
-    tmp = folder.with_name(folder.name + ".partial")
-    shutil.rmtree(tmp, ignore_errors=True)
+def stage_adapter(
+    method: methods.Method, model: torch.nn.Module, folder: Path, base_name: str
+) -> Path | None:
+    """Save what a method keeps (an adapter) into a fresh hidden folder beside `folder`; None when it keeps
+    nothing. A fault while saving leaves no folder behind."""
+    folder.parent.mkdir(parents=True, exist_ok=True)
+    staged = Path(tempfile.mkdtemp(prefix=f".{folder.name}.", suffix=".partial", dir=folder.parent))
     try:
-        if method.save(model, tmp, base_name) is None:
-            return None
-    except BaseException:  # a full disk, Ctrl-C: no half-written adapter stays behind
-        shutil.rmtree(tmp, ignore_errors=True)
+        kept = method.save(model, staged, base_name)
+    except BaseException:
+        shutil.rmtree(staged, ignore_errors=True)
         raise
-    shutil.rmtree(folder, ignore_errors=True)
-    tmp.rename(folder)
-    return sum(f.stat().st_size for f in folder.rglob("*") if f.is_file())
+    if kept is None:
+        shutil.rmtree(staged, ignore_errors=True)
+        return None
+    return staged
+
+
+def publish_adapter(staged: Path, folder: Path) -> None:
+    """Move a staged adapter to `folder`, replacing an older one. Each step is a rename of a whole folder, so
+    two processes publishing the same adapter at once leave one whole adapter, never a mix of both."""
+    while True:
+        old = Path(tempfile.mkdtemp(prefix=f".{folder.name}.", suffix=".old", dir=folder.parent))
+        try:
+            folder.replace(old)  # the older adapter aside (onto the empty placeholder)
+        except FileNotFoundError:
+            pass
+        try:
+            staged.rename(folder)
+            return
+        except OSError as err:  # another process put its adapter there in between: move that aside too
+            if err.errno not in (errno.ENOTEMPTY, errno.EEXIST):
+                raise
+        finally:
+            shutil.rmtree(old, ignore_errors=True)
 
 
 @hydra.main(config_path=str(config.CONF_DIR), config_name="config", version_base="1.3")
 def main(cfg: DictConfig) -> float | None:
     try:  # caught here too: Hydra would add a line of its own to an error leaving a job
         record = run(cfg)
-    except USER_ERRORS as err:
-        fail(err)
+    except (*USER_ERRORS, OSError) as err:
+        refuse(err)
     return record.get("accuracy") if record else None
+
+
+def refuse(err: BaseException) -> None:
+    """One line and exit 2 for what the user can fix (bad input, a full disk); anything else goes on up."""
+    if isinstance(err, OSError) and err.errno == errno.ENOSPC:
+        near = next((p for p in Path(err.filename or ".").parents if p.is_dir()), None)  # what still exists
+        fix = "free some, then run the same command again (this run kept nothing; finished runs stay)"
+        fail(OSError(f"no space left on the device{f' writing into {near}' if near else ''}: {fix}"))
+    if not isinstance(err, USER_ERRORS):
+        raise err
+    fail(err)
 
 
 def cli() -> None:
@@ -193,8 +243,8 @@ def cli() -> None:
             for job in config.sweep_jobs(arguments):
                 check(config.compose(job))
         main()
-    except USER_ERRORS as err:
-        fail(err)
+    except (*USER_ERRORS, OSError) as err:
+        refuse(err)
     except KeyboardInterrupt:  # records and predictions are written atomically: nothing half-written stays
         print("interrupted: the run in progress left no record; the same command resumes", file=sys.stderr)
         sys.exit(130)

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import errno
 import json
+import multiprocessing
 import os
 import signal
 import subprocess
@@ -15,6 +17,7 @@ from conftest import ASSETS, requires_assets
 from hydra.core.global_hydra import GlobalHydra
 
 from lora_lab import assets, run
+from lora_lab.lora import adapter_io
 
 pytestmark = requires_assets
 
@@ -317,19 +320,9 @@ BAD_INPUT = [  # (overrides, what the one line must say)
 ]
 
 
-@pytest.mark.parametrize(("overrides", "message"), BAD_INPUT)
-def test_bad_input_gives_one_line_exit_2_and_no_files(
-    tmp_path, token_cache, monkeypatch, capsys, overrides, message
-) -> None:
-    """In-process for speed (a subprocess per case costs seconds of imports); the subprocess test below
-    checks the same through the real command line."""
-    expanded = []
-    for o in overrides:
-        made = o(tmp_path) if callable(o) else o
-        expanded += made if isinstance(made, list) else [made]
-    flags = [o for o in expanded if o == "-m"]
-    args = [*flags, *TINY, *[o for o in expanded if o != "-m"], f"results_dir={tmp_path / 'results'}"]
-    monkeypatch.setattr(sys, "argv", ["lora_lab.run", *args])
+def in_process(tmp_path: Path, token_cache: Path, monkeypatch, args: list[str]) -> int:
+    """`python -m lora_lab.run ARGS` in this process (a subprocess costs seconds to import): its exit code."""
+    monkeypatch.setattr(sys, "argv", ["lora_lab.run", *args, f"results_dir={tmp_path / 'results'}"])
     monkeypatch.setenv("LORA_LAB_ASSETS", str(ASSETS))
     monkeypatch.setenv("LORA_LAB_CACHE", str(token_cache))
     monkeypatch.delenv("HYDRA_FULL_ERROR", raising=False)  # cli() sets it for Hydra; monkeypatch restores
@@ -340,11 +333,100 @@ def test_bad_input_gives_one_line_exit_2_and_no_files(
             run.cli()
     finally:
         GlobalHydra.instance().clear()
-    assert exit_code.value.code == 2
+    return exit_code.value.code
+
+
+@pytest.mark.parametrize(("overrides", "message"), BAD_INPUT)
+def test_bad_input_gives_one_line_exit_2_and_no_files(
+    tmp_path, token_cache, monkeypatch, capsys, overrides, message
+) -> None:
+    """In-process for speed; the subprocess test below checks the same through the real command line."""
+    expanded = []
+    for o in overrides:
+        made = o(tmp_path) if callable(o) else o
+        expanded += made if isinstance(made, list) else [made]
+    flags = [o for o in expanded if o == "-m"]
+    args = [*flags, *TINY, *[o for o in expanded if o != "-m"]]
+    assert in_process(tmp_path, token_cache, monkeypatch, args) == 2
     lines = capsys.readouterr().err.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("error: "), lines
     assert message in lines[0]
     assert not list((tmp_path / "results").rglob("*")), "bad input left files behind"
+
+
+def disk_full(path: object) -> OSError:
+    return OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(path))
+
+
+def fill_disk_at(where: str, monkeypatch) -> None:
+    """Make the disk fill up halfway through writing the run's adapter, predictions or record."""
+    if where == "adapter":
+
+        def save_file(tensors, filename, metadata=None) -> None:
+            Path(filename).write_bytes(b"half an adapter")
+            raise disk_full(filename)
+
+        monkeypatch.setattr(adapter_io, "save_file", save_file)
+    elif where == "predictions":
+
+        def to_parquet(frame, path, **kwargs) -> None:
+            Path(path).write_bytes(b"PAR1")
+            raise disk_full(path)
+
+        monkeypatch.setattr(pd.DataFrame, "to_parquet", to_parquet)
+    else:
+        write_text = Path.write_text
+
+        def half_a_record(path: Path, text: str, *args, **kwargs) -> int:
+            if path.parent.name == "runs" and ".json." in path.name:  # the record's temporary file
+                write_text(path, text[: len(text) // 2])
+                raise disk_full(path)
+            return write_text(path, text, *args, **kwargs)
+
+        monkeypatch.setattr(Path, "write_text", half_a_record)
+
+
+@pytest.mark.parametrize("where", ["adapter", "predictions", "record"])
+def test_a_full_disk_leaves_nothing_half_written(tmp_path, token_cache, monkeypatch, capsys, where) -> None:
+    fill_disk_at(where, monkeypatch)
+    assert in_process(tmp_path, token_cache, monkeypatch, TINY) == 2
+    [line] = capsys.readouterr().err.strip().splitlines()
+    assert (
+        line.startswith("error: no space left on the device writing into ") and "same command again" in line
+    )
+    left = [p.relative_to(tmp_path) for p in (tmp_path / "results").rglob("*") if not p.is_dir()]
+    hidden = [p.name for p in (tmp_path / "results").rglob(".*")]  # a .partial adapter, a .tmp file
+    assert not left and not hidden, (left, hidden)
+
+
+class MarkedAdapter:
+    """A method whose adapter is two files that must come from the same save (a marker in both)."""
+
+    def save(self, marker: str, path: Path, base_name: str) -> Path:
+        path.mkdir(parents=True, exist_ok=True)
+        (path / "adapter_model.safetensors").write_text(marker * 50_000)  # slow enough to overlap
+        (path / "adapter_config.json").write_text(json.dumps({"marker": marker}))
+        return path
+
+
+def save_many(folder: Path, marker: str) -> None:
+    for _ in range(20):
+        staged = run.stage_adapter(MarkedAdapter(), marker, folder, "base")
+        run.publish_adapter(staged, folder)
+
+
+def test_two_processes_saving_the_same_adapter_leave_one_whole_adapter(tmp_path) -> None:
+    folder = tmp_path / "runs" / "qv_r8-ours-seed0-00000000"
+    fork = multiprocessing.get_context("fork")
+    writers = [fork.Process(target=save_many, args=(folder, marker)) for marker in "AB"]
+    for w in writers:
+        w.start()
+    for w in writers:
+        w.join(timeout=120)
+    assert [w.exitcode for w in writers] == [0, 0]
+    marker = json.loads((folder / "adapter_config.json").read_text())["marker"]
+    assert (folder / "adapter_model.safetensors").read_text() == marker * 50_000
+    assert sorted(p.name for p in folder.parent.iterdir()) == [folder.name]  # nothing staged or aside left
 
 
 def test_bad_input_through_the_command_line(tmp_path, token_cache) -> None:
