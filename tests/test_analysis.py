@@ -126,6 +126,24 @@ def test_configurations_differing_in_one_setting_stay_apart(tmp_path) -> None:
     ]
 
 
+def test_ours_and_peft_at_one_setting_share_a_name_beside_ours_at_another(tmp_path) -> None:
+    """A study that adds a tuned-rate row of ours keeps its ours = PEFT pairs at the first rate."""
+    for seed in (0, 1):
+        synthetic(tmp_path, "Q+V (r=8)", "ours", seed, 0.90, lora_lr=1e-3)
+        synthetic(tmp_path, "Q+V (r=8)", "peft", seed, 0.90, lora_lr=1e-3)
+        synthetic(tmp_path, "Q+V (r=8)", "ours", seed, 0.80, lora_lr=3e-3)
+    table, correct = analysed(tmp_path)
+    assert sorted(zip(table["configuration"], table["impl"], strict=True)) == [
+        ("Q+V (r=8), lora_lr=0.001", "ours"),
+        ("Q+V (r=8), lora_lr=0.001", "peft"),
+        ("Q+V (r=8), lora_lr=0.003", "ours"),
+    ]
+    [pair] = findings.check(
+        [findings.parse({"impls_equivalent": {"margin_pp": 1.0}})], table, correct
+    ).itertuples()
+    assert pair.a == pair.b == "Q+V (r=8), lora_lr=0.001"
+
+
 def test_empty_mixed_and_corrupt_folders_are_refused(tmp_path) -> None:
     with pytest.raises(FileNotFoundError, match="no run records"):
         analysis.load_runs(tmp_path)

@@ -130,10 +130,11 @@ def _flat(tree: dict, prefix: str = "") -> dict:
 
 
 def _names(df: pd.DataFrame, settings: dict[str, dict]) -> list[str]:
-    """The row label, and for labels (of one impl) held by several configurations, the settings in which
-    they differ: "Q+V (r=8), lora_lr=0.0001"."""
+    """The row label, and for labels held by several configurations, the settings other than impl in which
+    they differ: "Q+V (r=8), lora_lr=0.0001". Rows of both impls at one setting keep one name, so that
+    ours and PEFT still pair."""
     names = dict.fromkeys(df["config_id"], "")
-    for (label, _impl), group in df.groupby(["label", "impl"], sort=False):
+    for label, group in df.groupby("label", sort=False):
         ids = list(dict.fromkeys(group["config_id"]))
         keys = sorted({k for i in ids for k in settings[i]} - {"impl"})
         differing = [k for k in keys if len({json.dumps(settings[i].get(k)) for i in ids}) > 1]
