@@ -15,20 +15,26 @@ import tempfile
 
 import pandas as pd
 
-from lora_lab import config, data, methods, models, run
+from lora_lab import config, data, methods, models, run, store
+
+
+def runs_of(experiment: str) -> dict[tuple[str, str], tuple[list[str], int]]:
+    """(row, impl): one of its sweep jobs and how many distinct runs it holds. Jobs that compose the same run
+    (head-only swept over impl=ours,peft: the second finds the first's record) count once."""
+    rows: dict[tuple[str, str], tuple[list[str], set[str]]] = {}
+    for job in config.sweep_jobs([f"experiment={experiment}"]):
+        cfg = config.compose(job)
+        method = methods.of(cfg)
+        rows.setdefault((method.row(cfg), method.impl(cfg) or "—"), (job, set()))[1].add(store.run_name(cfg))
+    return {key: (job, len(names)) for key, (job, names) in rows.items()}
 
 
 def estimate(experiment: str, steps: int = 8, eval_size: int = 256) -> pd.DataFrame:
     """Seconds per run of each row of `experiment`'s sweep (load_s, train_s, eval_s), the runs it holds and
     their total, from a sample of `steps` training steps and `eval_size` scored reviews."""
-    rows: dict[tuple, list] = {}
-    for job in config.sweep_jobs([f"experiment={experiment}"]):
-        cfg = config.compose(job)
-        method = methods.of(cfg)
-        rows.setdefault((method.row(cfg), method.impl(cfg) or "—"), [job, 0])[1] += 1
     out = []
     with tempfile.TemporaryDirectory() as tmp:
-        for (row, impl), (job, runs) in rows.items():
+        for (row, impl), (job, runs) in runs_of(experiment).items():
             full = config.compose(job)
             train, evaluation = data.splits(full.data, full.seed)
             sample = [f"trainer.max_steps={steps}", f"data.eval_size={min(eval_size, len(evaluation))}"]

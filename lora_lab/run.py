@@ -165,7 +165,7 @@ def run(cfg: DictConfig) -> dict | None:
         publish_adapter(staged, path.with_suffix(""))
     result = f"accuracy {record['accuracy']:.4f}" if record["status"] == "complete" else record["reason"]
     if record.get("collapsed"):
-        result += f" (collapsed: {record['collapsed']}; too high a rate, or too little data, does this)"
+        result += f" (collapsed: {record['collapsed']}; too high a rate, or too little training, does this)"
     print(f"[lora-lab] {name}: {record['status']}: {result} -> {path}")
     return record
 

@@ -136,6 +136,13 @@ def test_unknown_names_are_one_line_and_exit_2(module, arguments, message) -> No
     assert line.startswith("error: ") and message in line
 
 
+def test_a_studys_cost_counts_runs_not_sweep_jobs() -> None:
+    runs = cost.runs_of("imdb_cpu")  # seven rows x seeds 0-2 x impl ours,peft: 42 jobs
+    assert runs[("head_only", "—")][1] == runs[("full", "—")][1] == 3  # no impl: the peft job skips
+    assert runs[("qv_r8", "ours")][1] == runs[("qv_r8", "peft")][1] == 3
+    assert sum(n for _, n in runs.values()) == 36
+
+
 @requires_assets
 def test_a_studys_cost_scales_a_short_sample_to_its_sizes(monkeypatch, tmp_path) -> None:
     monkeypatch.setenv("LORA_LAB_CACHE", str(tmp_path))
