@@ -29,6 +29,7 @@ def check(cfg: DictConfig) -> None:
     """Every setting that can be checked without loading anything, so bad input fails in a second."""
     require(is_int(cfg.seed) and 0 <= cfg.seed < 2**32, "seed", cfg.seed, "an integer in [0, 2**32)")
     store.check_outputs(cfg.results_dir, cfg.experiment_name)
+    store.check_logger(cfg.logger)
     for key in ("force", "double_quant"):
         require(isinstance(cfg[key], bool), key, cfg[key], "true or false")
     methods.check(cfg)
@@ -165,7 +166,8 @@ def run(cfg: DictConfig) -> dict | None:
         publish_adapter(staged, path.with_suffix(""))
     result = f"accuracy {record['accuracy']:.4f}" if record["status"] == "complete" else record["reason"]
     if record.get("collapsed"):
-        result += f" (collapsed: {record['collapsed']}; too high a rate, or too little training, does this)"
+        hint = "expected of tiny runs like experiment=smoke; in a real run, try a lower learning rate"
+        result += f" (collapsed: {record['collapsed']}; {hint})"
     print(f"[lora-lab] {name}: {record['status']}: {result} -> {path}")
     return record
 

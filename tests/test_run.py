@@ -43,7 +43,6 @@ def cli(tmp_path: Path, cache: Path, *overrides: str, env: dict | None = None) -
         **os.environ,
         "LORA_LAB_ASSETS": str(ASSETS),
         "LORA_LAB_CACHE": str(cache),
-        "WANDB_SILENT": "true",
         **(env or {}),
     }
     for key in ("HYDRA_FULL_ERROR", "HF_HUB_OFFLINE"):
@@ -207,6 +206,9 @@ def test_each_sweep_job_writes_an_offline_wandb_run_that_wandb_reads_back(tmp_pa
     assert out.returncode == 0, out.stderr[-2000:]
     runs = sorted((tmp_path / "results" / "smoke" / "wandb").glob("offline-run-*"))
     assert len(runs) == 2 and out.stdout.count("wandb offline run: ") == 2
+    assert not [
+        line for line in (out.stdout + out.stderr).splitlines() if line.startswith("wandb:")
+    ]  # banner
     by_name = {r["name"]: r for r in records(tmp_path, "smoke")}
     for run_dir in runs:
         state = json.loads(wandb_inspect(run_dir, "--summary"))
@@ -316,6 +318,8 @@ BAD_INPUT = [  # (overrides, what the one line must say)
     (["use_rslora=abc"], "use_rslora must be true or false, got 'abc'"),
     (["force=no"], "force='no' is not allowed; use true or false"),
     (["alpha=abc"], "alpha must be > 0, got 'abc'"),
+    (["logger.wandb=true"], "logger.wandb=True is not allowed; use logger=wandb"),
+    (["logger=wandb", "logger.mode=onlin"], "logger.mode='onlin' is not allowed"),
     (["dropout=abc"], "dropout must be in [0, 1), got 'abc'"),
 ]
 
@@ -352,6 +356,17 @@ def test_bad_input_gives_one_line_exit_2_and_no_files(
     assert len(lines) == 1 and lines[0].startswith("error: "), lines
     assert message in lines[0]
     assert not list((tmp_path / "results").rglob("*")), "bad input left files behind"
+
+
+def test_wandb_online_without_a_login_is_one_line_before_anything_loads(
+    tmp_path, token_cache, monkeypatch, capsys
+) -> None:
+    monkeypatch.setenv("HOME", str(tmp_path))  # no ~/.netrc, no wandb settings: not logged in
+    monkeypatch.delenv("WANDB_API_KEY", raising=False)
+    assert in_process(tmp_path, token_cache, monkeypatch, [*TINY, "logger=wandb", "logger.mode=online"]) == 2
+    [line] = capsys.readouterr().err.strip().splitlines()
+    assert line.startswith("error: logger.mode=online needs a wandb login: run `wandb login`")
+    assert not (tmp_path / "results").exists()
 
 
 def disk_full(path: object) -> OSError:
