@@ -153,13 +153,18 @@ def train_variants(args: argparse.Namespace) -> list[str]:
 
 
 def bench_training(args: argparse.Namespace, device: torch.device) -> dict[str, float]:
-    def step_of(variant: str) -> Callable[[], object]:
+    def step_of(variant: str, compiled: bool = False) -> Callable[[], object]:
         model = build(args, variant)[0].to(device).train()
         optimizer = optimizer_for(model, 1e-5, 0.0, device)  # the runner's: fused on CUDA
         batch = fake_batch(model, args, device)
-        return lambda: train_step(model, batch, optimizer, GRAD_CLIP, device, args.precision)
+        step_model = torch.compile(model) if compiled else model  # compiled on its first (warm-up) step
+        return lambda: train_step(step_model, batch, optimizer, GRAD_CLIP, device, args.precision)
 
-    builders = {variant: (lambda v=variant: step_of(v)) for variant in train_variants(args)}
+    builders = {}
+    for variant in train_variants(args):
+        builders[variant] = lambda v=variant: step_of(v)
+        if args.compile:
+            builders[f"{variant} compiled"] = lambda v=variant: step_of(v, compiled=True)
     return measure(builders, args.rounds, args.warmup, device, args.order)
 
 
@@ -356,6 +361,11 @@ def main(argv: list[str] | None = None) -> None:
         "--checkpointing", action="store_true", help="gradient checkpointing in every variant (less memory)"
     )
     parser.add_argument("--quant", choices=("nf4",), help="store the frozen base in 4-bit NF4 (QLoRA)")
+    parser.add_argument(
+        "--compile",
+        action="store_true",
+        help="also time each training step under torch.compile, beside eager",
+    )
     parser.add_argument(
         "--order",
         choices=("auto", "interleaved", "sequential"),
