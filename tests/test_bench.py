@@ -11,7 +11,7 @@ import pytest
 import torch
 from conftest import ASSETS, requires_assets
 
-from lora_lab import bench, cost
+from lora_lab import bench, config, cost
 from lora_lab.params import count, frozen_bytes
 
 ARGS = argparse.Namespace(
@@ -134,6 +134,10 @@ def test_unknown_names_are_one_line_and_exit_2(module, arguments, message) -> No
     assert out.returncode == 2
     [line] = out.stderr.strip().splitlines()
     assert line.startswith("error: ") and message in line
+
+
+def test_the_end_to_end_bench_runs_the_baselines_seven_runs() -> None:
+    assert len(config.sweep_jobs(bench.E2E_SWEEP)) == 7  # seven rows, one impl, one seed
 
 
 def test_a_studys_cost_counts_runs_not_sweep_jobs() -> None:
