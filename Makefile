@@ -2,7 +2,7 @@
 PY := .venv/bin/python
 export LORA_LAB_ASSETS ?= $(abspath ../shared)
 
-.PHONY: test demo clean
+.PHONY: test test-gpu demo clean
 
 .venv/installed: pyproject.toml
 	python3 -m venv .venv
@@ -15,6 +15,11 @@ test: .venv/installed
 	$(PY) -m ruff check lora_lab tests experiments notebooks
 	$(PY) -m ruff format --check lora_lab tests experiments notebooks
 	$(PY) -m pytest -q tests
+
+# On a machine with CUDA, with a python whose torch has CUDA and this package's dependencies (e.g. PY=python3):
+# what the CPU tests check by patching torch's CUDA queries, on the device itself.
+test-gpu:
+	$(PY) -m pytest -q -rs tests/test_gpu.py
 
 demo: .venv/installed
 	$(PY) -m lora_lab.params model=distilbert
