@@ -27,6 +27,16 @@ if os.environ.get("CI") and not ASSETS.is_dir():
     raise RuntimeError(f"CI must run with the shared assets at {ASSETS}; tests that need them would skip")
 
 requires_assets = pytest.mark.skipif(not ASSETS.is_dir(), reason=f"shared assets not found at {ASSETS}")
+# A real run in seconds: the runner's overrides for a tiny random BERT on 64 IMDB reviews.
+TINY_RUN = [
+    "model=tiny_bert",
+    "data.train_size=64",
+    "data.eval_size=64",
+    "data.max_length=64",
+    "trainer.epochs=1",
+    "trainer.progress=false",
+    "trainer.log_every=1",
+]
 
 _DECODER = {  # Llama and Qwen2 take the same arguments
     "vocab_size": 100,

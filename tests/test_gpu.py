@@ -11,7 +11,7 @@ import os
 import numpy as np
 import pytest
 import torch
-from conftest import ASSETS, requires_assets, tiny_model
+from conftest import ASSETS, TINY_RUN, requires_assets, tiny_model
 
 from lora_lab import methods, quant, run, train
 from lora_lab.config import compose
@@ -41,18 +41,8 @@ def test_auto_precision_is_what_this_gpu_multiplies_natively() -> None:
 def test_a_short_run_on_the_device_records_where_it_ran(tmp_path, monkeypatch) -> None:
     monkeypatch.setenv("LORA_LAB_ASSETS", str(ASSETS))
     monkeypatch.setenv("LORA_LAB_CACHE", str(tmp_path / "cache"))
-    cfg = compose(
-        [
-            "model=tiny_bert",
-            "data.train_size=64",
-            "data.eval_size=64",
-            "data.max_length=64",
-            "trainer.epochs=1",
-            "trainer.progress=false",
-            f"trainer.device={DEVICE}",
-            f"results_dir={tmp_path / 'results'}",
-        ]
-    )
+    overrides = [f"trainer.device={DEVICE}", f"results_dir={tmp_path / 'results'}"]
+    cfg = compose([*TINY_RUN, *overrides])
     record = run.run(cfg)
     assert record["status"] == "complete" and np.isfinite(record["eval_loss"])
     assert record["config"]["trainer"]["device"].startswith(DEVICE)

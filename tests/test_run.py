@@ -13,23 +13,13 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
-from conftest import ASSETS, requires_assets
+from conftest import ASSETS, TINY_RUN, requires_assets
 from hydra.core.global_hydra import GlobalHydra
 
 from lora_lab import assets, run
 from lora_lab.lora import adapter_io
 
 pytestmark = requires_assets
-
-TINY = [
-    "model=tiny_bert",
-    "data.train_size=64",
-    "data.eval_size=64",
-    "data.max_length=64",
-    "trainer.epochs=1",
-    "trainer.progress=false",
-    "trainer.log_every=1",
-]
 
 
 @pytest.fixture(scope="session")
@@ -63,7 +53,7 @@ def records(tmp_path: Path, experiment: str = "default") -> list[dict]:
 
 
 def test_rank_sweep_writes_three_records(tmp_path, token_cache) -> None:
-    out = cli(tmp_path, token_cache, "-m", "rank=4,8,16", *TINY)
+    out = cli(tmp_path, token_cache, "-m", "rank=4,8,16", *TINY_RUN)
     assert out.returncode == 0, out.stderr[-2000:]
     recs = records(tmp_path)
     assert sorted(r["rank"] for r in recs) == [4, 8, 16]
@@ -77,7 +67,7 @@ def test_rank_sweep_writes_three_records(tmp_path, token_cache) -> None:
 
 
 def test_ours_and_peft_give_the_same_curve_without_dropout(tmp_path, token_cache) -> None:
-    out = cli(tmp_path, token_cache, "-m", *TINY, "impl=ours,peft", "dropout=0", "trainer.epochs=2")
+    out = cli(tmp_path, token_cache, "-m", *TINY_RUN, "impl=ours,peft", "dropout=0", "trainer.epochs=2")
     assert out.returncode == 0, out.stderr[-2000:]
     assert "kernels" not in out.stdout + out.stderr  # bitsandbytes' import-time notice, silenced
     ours, peft = sorted(records(tmp_path), key=lambda r: r["impl"])
@@ -135,7 +125,12 @@ def reviews(folder: Path, word: str) -> Path:
 
 def test_a_finished_run_counts_only_on_the_data_it_ran_on(tmp_path, token_cache) -> None:
     folder = tmp_path / "reviews"
-    setting = [*TINY, "data.train_size=48", "data.eval_size=32", f"data.source={reviews(folder, 'first')}"]
+    setting = [
+        *TINY_RUN,
+        "data.train_size=48",
+        "data.eval_size=32",
+        f"data.source={reviews(folder, 'first')}",
+    ]
     first = cli(tmp_path, token_cache, *setting)
     assert first.returncode == 0, first.stderr[-2000:]
     [record] = records(tmp_path)
@@ -162,7 +157,7 @@ def test_ctrl_c_ends_a_run_in_one_line_and_leaves_nothing(tmp_path, token_cache)
         sys.executable,
         "-m",
         "lora_lab.run",
-        *TINY,
+        *TINY_RUN,
         "trainer.epochs=1000",
         f"results_dir={tmp_path / 'r'}",
     ]
@@ -182,7 +177,7 @@ def test_ctrl_c_ends_a_run_in_one_line_and_leaves_nothing(tmp_path, token_cache)
 
 
 def test_non_finite_loss_fails_that_run_and_the_sweep_goes_on(tmp_path, token_cache) -> None:
-    out = cli(tmp_path, token_cache, "-m", *TINY, "method=full", "method.lr=1e30,1e-3")
+    out = cli(tmp_path, token_cache, "-m", *TINY_RUN, "method=full", "method.lr=1e30,1e-3")
     assert out.returncode == 0, out.stderr[-2000:]
     by_lr = {r["config"]["method"]["lr"]: r for r in records(tmp_path)}
     assert by_lr[1e30]["status"] == "failed" and "loss became" in by_lr[1e30]["reason"]
@@ -350,7 +345,7 @@ def test_bad_input_gives_one_line_exit_2_and_no_files(
         made = o(tmp_path) if callable(o) else o
         expanded += made if isinstance(made, list) else [made]
     flags = [o for o in expanded if o == "-m"]
-    args = [*flags, *TINY, *[o for o in expanded if o != "-m"]]
+    args = [*flags, *TINY_RUN, *[o for o in expanded if o != "-m"]]
     assert in_process(tmp_path, token_cache, monkeypatch, args) == 2
     lines = capsys.readouterr().err.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("error: "), lines
@@ -363,7 +358,9 @@ def test_wandb_online_without_a_login_is_one_line_before_anything_loads(
 ) -> None:
     monkeypatch.setenv("HOME", str(tmp_path))  # no ~/.netrc, no wandb settings: not logged in
     monkeypatch.delenv("WANDB_API_KEY", raising=False)
-    assert in_process(tmp_path, token_cache, monkeypatch, [*TINY, "logger=wandb", "logger.mode=online"]) == 2
+    assert (
+        in_process(tmp_path, token_cache, monkeypatch, [*TINY_RUN, "logger=wandb", "logger.mode=online"]) == 2
+    )
     [line] = capsys.readouterr().err.strip().splitlines()
     assert line.startswith("error: logger.mode=online needs a wandb login: run `wandb login`")
     assert not (tmp_path / "results").exists()
@@ -404,7 +401,7 @@ def fill_disk_at(where: str, monkeypatch) -> None:
 @pytest.mark.parametrize("where", ["adapter", "predictions", "record"])
 def test_a_full_disk_leaves_nothing_half_written(tmp_path, token_cache, monkeypatch, capsys, where) -> None:
     fill_disk_at(where, monkeypatch)
-    assert in_process(tmp_path, token_cache, monkeypatch, TINY) == 2
+    assert in_process(tmp_path, token_cache, monkeypatch, TINY_RUN) == 2
     [line] = capsys.readouterr().err.strip().splitlines()
     assert (
         line.startswith("error: no space left on the device writing into ") and "same command again" in line
@@ -445,7 +442,7 @@ def test_two_processes_saving_the_same_adapter_leave_one_whole_adapter(tmp_path)
 
 
 def test_bad_input_through_the_command_line(tmp_path, token_cache) -> None:
-    out = cli(tmp_path, token_cache, *TINY, "trainer.epochs=0")
+    out = cli(tmp_path, token_cache, *TINY_RUN, "trainer.epochs=0")
     assert out.returncode == 2
     [line] = out.stderr.strip().splitlines()
     assert line == f"error: trainer.epochs=0 is not allowed; use a whole number >= 1  {TRACEBACK_HINT}"
