@@ -86,8 +86,13 @@ def test_the_learning_rate_setting_a_row_answers_to() -> None:
 def test_every_claim_names_a_row_its_study_sweeps(experiment: str) -> None:
     cfg = compose_with_hydra([f"experiment={experiment}"])
     records = []
-    for row in config.sweep_rows(experiment):
-        run = config.compose([f"experiment={experiment}", f"method={row}"])
+    sharing = [  # every experiment that writes into this study's folder (e.g. a tuned-rate row of its own)
+        p.stem
+        for p in sorted((config.CONF_DIR / "experiment").glob("*.yaml"))
+        if config.compose([f"experiment={p.stem}"]).experiment_name == cfg.experiment_name
+    ]
+    for sweep, row in [(e, r) for e in sharing for r in config.sweep_rows(e)]:
+        run = config.compose([f"experiment={sweep}", f"method={row}"])
         method = methods.of(run)
         records.append(
             store.Record(
