@@ -161,12 +161,13 @@ def subset(frame: pd.DataFrame, size: int | None, seed: int, key: str) -> pd.Dat
 @dataclasses.dataclass
 class Encoded:
     """Token ids of a split stored flat (ids[offsets[i]:offsets[i+1]] is example i), with labels and the
-    examples' ids (see load_imdb)."""
+    examples' ids (see load_imdb); a linear probe (probe.py) adds what the frozen encoder made of each."""
 
     ids: torch.Tensor
     offsets: torch.Tensor
     labels: torch.Tensor
     example_ids: list[str] | None = None
+    features: torch.Tensor | None = None  # one row per example: the head's input, standing in for the tokens
 
     def __len__(self) -> int:
         return len(self.labels)
@@ -300,7 +301,9 @@ def groups(data: Encoded, batch_size: int, shuffle: bool, seed: int = 0) -> list
 
 
 def collate(data: Encoded, idx: torch.Tensor, pad_id: int, pad_left: bool = False) -> dict[str, torch.Tensor]:
-    """Pad the examples `idx` to the longest among them."""
+    """Pad the examples `idx` to the longest among them (or take their features, where a probe has them)."""
+    if data.features is not None:
+        return {"features": data.features[idx], "labels": data.labels[idx]}
     lengths = data.lengths[idx]
     width = int(lengths.max())
     input_ids = torch.full((len(idx), width), pad_id, dtype=torch.long)

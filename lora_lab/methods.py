@@ -16,8 +16,9 @@ import torch
 from omegaconf import DictConfig, ListConfig, OmegaConf
 from torch import nn
 
-from lora_lab import bottleneck, ia3, lora
+from lora_lab import bottleneck, ia3, lora, probe
 from lora_lab.config import is_int, is_number, require
+from lora_lab.data import Encoded
 from lora_lab.lora.inject import name_matches
 from lora_lab.lora.layer import RANDOM_INITS, random_a
 from lora_lab.lora.settings import INITS, LoRASettings
@@ -80,6 +81,13 @@ class Method:
         place; None for methods whose additions cannot be folded."""
         return None
 
+    def inputs(
+        self, model: nn.Module, train: Encoded, evaluation: Encoded, cfg: DictConfig
+    ) -> tuple[nn.Module, Encoded, Encoded]:
+        """What the training loop runs on: the prepared model and the tokenised sets, as they are for all but
+        the linear probe."""
+        return model, train, evaluation
+
     def pads_left(self, model: nn.Module) -> bool:
         """Whether batches must pad on the left for `model` prepared this way, whatever its tokenizer says."""
         return False
@@ -107,6 +115,45 @@ class HeadOnly(Method):
 
     def label(self, cfg: DictConfig) -> str:
         return "Classification Head Only"
+
+
+class HeadOnlyCached(HeadOnly):
+    """Head-only as a linear probe (probe.py): the frozen encoder runs once per review, in eval mode."""
+
+    def prepare(self, model: nn.Module, cfg: DictConfig) -> nn.Module:
+        if family_of(model).pools_last:
+            raise ValueError(
+                f"method=head_only_cached caches one vector per review, but {model.config.model_type}'s head "
+                "reads every position; use method=head_only"
+            )
+        return super().prepare(model, cfg)
+
+    def label(self, cfg: DictConfig) -> str:
+        return "Classification Head Only (cached features)"
+
+    def inputs(
+        self, model: nn.Module, train: Encoded, evaluation: Encoded, cfg: DictConfig
+    ) -> tuple[nn.Module, Encoded, Encoded]:
+        """The head alone, and each set with the features it reads (from the disk cache where it can)."""
+        head = model.get_submodule(family_of(model).head[0])
+        trainer = cfg.trainer
+        device = torch.device(trainer.device)
+        train, evaluation = (
+            probe.cached(
+                model,
+                head,
+                data,
+                cfg.data.cache_dir,
+                trainer.eval_batch_size,
+                model.config.pad_token_id,
+                device,
+                trainer.precision,
+                trainer.progress,
+                cfg.force,
+            )
+            for data in (train, evaluation)
+        )
+        return probe.Probe(head), train, evaluation
 
 
 class Full(Method):
@@ -366,6 +413,7 @@ class PromptLearning(Method):
 
 METHODS: dict[str, Method] = {  # in the table's order
     "head_only": HeadOnly(),
+    "head_only_cached": HeadOnlyCached(),
     "lora": LoRA(),
     "ia3": IA3(),
     "bottleneck": Bottleneck(),

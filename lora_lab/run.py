@@ -84,6 +84,7 @@ def run(cfg: DictConfig) -> dict | None:
         for f in (train_frame, eval_frame)
     )
     method = methods.of(cfg)
+    model, train_set, eval_set = method.inputs(model, train_set, eval_set, cfg)
     label = method.label(cfg)
     impl = method.impl(cfg)
     print(

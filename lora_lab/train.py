@@ -195,7 +195,8 @@ def fit(
         ):
             if step == total:
                 break
-            seen, tokens = seen + len(batch["labels"]), tokens + int(batch["attention_mask"].sum())
+            seen += len(batch["labels"])
+            tokens += int(batch["attention_mask"].sum()) if "attention_mask" in batch else 0  # probe: none
             batch = {k: v.to(device, non_blocking=True) for k, v in batch.items()}
             window_sum = window_sum + train_step(
                 model, batch, optimizer, cfg.grad_clip, device, precision, scaler
@@ -226,7 +227,7 @@ def fit(
         "steps": step,
         "train_wall_s": wall,
         "train_examples_per_s": seen / wall if wall > 0 else None,
-        "train_tokens_per_s": tokens / wall if wall > 0 else None,
+        "train_tokens_per_s": tokens / wall if tokens and wall > 0 else None,
         "peak_memory_mb": peak,
         "peak_memory_of": "CUDA tensors (max allocated)" if device.type == "cuda" else "process (peak RSS)",
         "gpu": gpu_of(device),
