@@ -60,11 +60,12 @@ def test_the_probe_trains_the_head_live_head_only_trains_with_dropout_off(family
 def test_features_come_from_the_cache_for_the_same_weights_and_tokens_only(tmp_path, monkeypatch) -> None:
     model = tiny_model("bert")
     data = tokens(12, seed=0)
-    read = lambda: (
-        probe.cached(  # noqa: E731
-            model, model.classifier, data, tmp_path, 8, 0, torch.device("cpu"), "fp32", progress=False
-        ).features
-    )
+
+    def read() -> torch.Tensor:
+        cpu = torch.device("cpu")
+        cached = probe.cached(model, model.classifier, data, tmp_path, 8, 0, cpu, "fp32", progress=False)
+        return cached.features
+
     first = read()
     encoded = probe.encode
     monkeypatch.setattr(probe, "encode", lambda *a, **k: pytest.fail("encoded again, not read from cache"))
