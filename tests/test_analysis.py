@@ -176,13 +176,14 @@ def test_missing_or_broken_inputs_are_named_with_the_fix(tmp_path) -> None:
         analysis.correctness(analysis.load_runs(tmp_path))
 
 
-def test_a_dev_split_pilot_picks_each_rows_best_rate() -> None:
+def test_a_dev_split_pilot_picks_each_rows_best_rate_a_step_below_any_collapse() -> None:
     table = pd.DataFrame(
         {
-            "label": ["LoRA"] * 3 + ["DoRA"] * 2 + ["PiSSA"],
-            "impl": ["ours"] * 6,
-            "lr": [1e-4, 1e-3, 3e-4, 1e-3, 3e-3, 1e-3],
-            "accuracy": [70.0, 75.0, 78.0, 60.0, 71.0, 74.0],
+            "label": ["LoRA"] * 3 + ["DoRA"] * 2 + ["PiSSA"] + ["LoRA+"] * 4,
+            "impl": ["ours"] * 10,
+            "lr": [1e-4, 1e-3, 3e-4, 1e-3, 3e-3, 1e-3, 1e-4, 3e-4, 1e-3, 3e-3],
+            "accuracy": [70.0, 75.0, 78.0, 60.0, 71.0, 74.0, 72.0, 76.0, 79.0, 50.0],
+            "collapsed_seeds": [()] * 9 + [(1,)],
             "ci_low": 0.0,
             "ci_high": 100.0,
             "n": 1,
@@ -192,11 +193,16 @@ def test_a_dev_split_pilot_picks_each_rows_best_rate() -> None:
     picked = chosen[chosen["chosen"]].set_index("label")
     assert picked.loc["LoRA", "lr"] == 3e-4 and not picked.loc["LoRA", "edge"]  # interior of 1e-4..1e-3
     assert picked.loc["DoRA", "lr"] == 3e-3 and picked.loc["DoRA", "edge"]  # the grid's top: widen it
+    # LoRA+: 1e-3 did best, but the next rate up collapsed, so the margin keeps one step below it
+    assert picked.loc["LoRA+", "lr"] == 3e-4
     text = rates.to_markdown(chosen)
     assert "| DoRA | ours | 0.003 | 71.00% | [0.00, 100.00] | 1 | **chosen**: at the grid's edge" in text
     assert (
         "| PiSSA | ours | 0.001 | 74.00% | [0.00, 100.00] | 1 | one rate run so far: no choice yet |" in text
     )
+    assert "| 1e-03 |" not in text  # rates print as %g
+    assert "| 0.001 | 79.00% | [0.00, 100.00] | 1 | passed over: the next rate up collapsed |" in text
+    assert "| LoRA+ | ours | 0.003 | 50.00% | [0.00, 100.00] | 1 | collapsed (1 of 1) |" in text
 
 
 def claims_table(tmp_path: Path, accuracies: dict[str, float]) -> pd.DataFrame:
