@@ -120,6 +120,14 @@ class HeadOnly(Method):
 class HeadOnlyCached(HeadOnly):
     """Head-only as a linear probe (probe.py): the frozen encoder runs once per review, in eval mode."""
 
+    def check(self, cfg: DictConfig) -> None:
+        super().check(cfg)
+        if cfg.trainer.gradient_checkpointing:
+            raise ValueError(
+                "method=head_only_cached trains the head alone, with no activations to recompute; "
+                "use trainer.gradient_checkpointing=false"
+            )
+
     def prepare(self, model: nn.Module, cfg: DictConfig) -> nn.Module:
         if family_of(model).pools_last:
             raise ValueError(

@@ -316,6 +316,11 @@ BAD_INPUT = [  # (overrides, what the one line must say)
     (["logger.wandb=true"], "logger.wandb=True is not allowed; use logger=wandb"),
     (["logger=wandb", "logger.mode=onlin"], "logger.mode='onlin' is not allowed"),
     (["dropout=abc"], "dropout must be in [0, 1), got 'abc'"),
+    (
+        ["method=head_only_cached", "trainer.gradient_checkpointing=true"],
+        "use trainer.gradient_checkpointing=false",
+    ),
+    (["model=tiny_llama", "method=head_only_cached"], "head reads every position; use method=head_only"),
 ]
 
 
