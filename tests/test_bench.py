@@ -36,6 +36,12 @@ def test_floor_trains_the_head_but_backpropagates_through_the_frozen_stack() -> 
     assert seen and seen[0] is not None  # the input gradient reached the first layer
 
 
+def test_rows_without_a_step_over_tokens_are_left_out(capsys) -> None:
+    args = argparse.Namespace(**{**vars(ARGS), "methods": ["qv_r8", "head_only_cached", "full"]})
+    assert bench.train_variants(args) == ["floor", "ours:qv_r8", "peft:qv_r8", "full"]
+    assert "head_only_cached left out: it trains on cached features" in capsys.readouterr().out
+
+
 @pytest.mark.parametrize("order", ["sequential", "interleaved"])
 def test_sequential_order_holds_one_variant_at_a_time(order) -> None:
     live, most = set(), []
