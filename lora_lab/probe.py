@@ -17,12 +17,11 @@ from pathlib import Path
 import torch
 from torch import nn
 from torch.nn import functional as F
-from tqdm.auto import tqdm
 from transformers.modeling_outputs import SequenceClassifierOutput
 
 from lora_lab.atomic import write_atomic
-from lora_lab.data import Encoded, collate, groups
-from lora_lab.train import autocast
+from lora_lab.data import Encoded
+from lora_lab.train import autocast, in_order
 
 
 class Probe(nn.Module):
@@ -56,17 +55,10 @@ def encode(
     model.to(device).eval()
     features = None
     try:
-        for idx in tqdm(
-            groups(data, batch_size, shuffle=False),
-            desc="encode",
-            unit="batch",
-            disable=not progress,
-            file=sys.stderr,
-        ):
-            batch = collate(data, idx, pad_id)
+        for idx, batch in in_order(data, batch_size, pad_id, device, progress=progress, desc="encode"):
             del batch["labels"]
             with autocast(device, precision):
-                model(**{k: v.to(device) for k, v in batch.items()})
+                model(**batch)
             got = captured.pop().float().cpu()
             if got.dim() != 2:
                 raise ValueError(

@@ -7,6 +7,7 @@ import math
 import resource
 import sys
 import time
+from collections.abc import Iterator
 from contextlib import AbstractContextManager, nullcontext
 from pathlib import Path
 
@@ -234,6 +235,22 @@ def fit(
     }
 
 
+def in_order(
+    data: Encoded,
+    batch_size: int,
+    pad_id: int,
+    device: torch.device,
+    pad_left: bool = False,
+    progress: bool = True,
+    desc: str = "eval",
+) -> Iterator[tuple[torch.Tensor, dict[str, torch.Tensor]]]:
+    """Each batch's example indices and its tensors on `device`, longest first, with a progress bar: how
+    scoring (and the probe's one encoding pass) reads a set."""
+    order = groups(data, batch_size, shuffle=False)
+    for idx in tqdm(order, desc=desc, unit="batch", disable=not progress, file=sys.stderr):
+        yield idx, {k: v.to(device) for k, v in collate(data, idx, pad_id, pad_left).items()}
+
+
 @torch.inference_mode()
 def evaluate(
     model: nn.Module,
@@ -250,14 +267,7 @@ def evaluate(
     model.eval()
     n = len(data)
     pred, prob_pos, loss_sum = torch.empty(n, dtype=torch.long), torch.empty(n), 0.0
-    for idx in tqdm(
-        groups(data, batch_size, shuffle=False),
-        desc="eval",
-        unit="batch",
-        disable=not progress,
-        file=sys.stderr,
-    ):
-        batch = {k: v.to(device) for k, v in collate(data, idx, pad_id, pad_left).items()}
+    for idx, batch in in_order(data, batch_size, pad_id, device, pad_left, progress, "eval"):
         with autocast(device, precision):
             out = model(**batch)
         loss_sum += out.loss.float().item() * len(idx)
