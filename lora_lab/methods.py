@@ -146,20 +146,17 @@ class HeadOnlyCached(HeadOnly):
         head = model.get_submodule(family_of(model).head[0])
         trainer = cfg.trainer
         device = torch.device(trainer.device)
-        train, evaluation = (
-            probe.cached(
-                model,
-                head,
-                data,
-                cfg.data.cache_dir,
-                trainer.eval_batch_size,
-                model.config.pad_token_id,
-                device,
-                trainer.precision,
-                trainer.progress,
-                cfg.force,
-            )
-            for data in (train, evaluation)
+        train, evaluation = probe.cached(
+            model,
+            head,
+            [train, evaluation],
+            cfg.data.cache_dir,
+            trainer.eval_batch_size,
+            model.config.pad_token_id,
+            device,
+            trainer.precision,
+            trainer.progress,
+            cfg.force,
         )
         return probe.Probe(head), train, evaluation
 

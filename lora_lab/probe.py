@@ -76,7 +76,7 @@ def encode(
 def cached(
     model: nn.Module,
     head: nn.Module,
-    data: Encoded,
+    sets: list[Encoded],
     cache_dir: str | Path,
     batch_size: int,
     pad_id: int,
@@ -84,27 +84,40 @@ def cached(
     precision: str,
     progress: bool = True,
     rebuild: bool = False,
-) -> Encoded:
-    """`data` with its features (`encode`), read from `cache_dir` when these frozen weights, tokens, precision
-    and device kind made them before, else encoded and saved there; `rebuild` (force=true) encodes again."""
+) -> list[Encoded]:
+    """Each of `sets` with its features (`encode`), read from `cache_dir` when these frozen weights, tokens,
+    precision and device kind made them before, else encoded and saved there; `rebuild` (force=true) encodes
+    again. The frozen weights are hashed once for all the sets."""
     head_params = {id(p) for p in head.parameters()}
-    digest = hashlib.sha256(f"{precision} {device.type}".encode())
+    frozen = hashlib.sha256(f"{precision} {device.type}".encode())
     for name, tensor in (*model.named_parameters(), *model.named_buffers()):
         if id(tensor) not in head_params:
-            digest.update(name.encode())
-            digest.update(tensor.detach().cpu().contiguous().view(-1).view(torch.uint8).numpy().tobytes())
-    digest.update(data.ids.numpy().tobytes())
-    digest.update(data.offsets.numpy().tobytes())
-    path = Path(cache_dir).expanduser() / f"features-{digest.hexdigest()[:24]}.pt"
-    if path.is_file() and not rebuild:
-        try:
-            features = torch.load(path)
-        except Exception:  # truncated or corrupt: encode again
-            features = None
-        if isinstance(features, torch.Tensor) and len(features) == len(data):
-            return dataclasses.replace(data, features=features)
-        print(f"[lora-lab] feature cache {path} is unreadable or truncated; encoding again", file=sys.stderr)
-    features = encode(model, head, data, batch_size, pad_id, device, precision, progress)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    write_atomic(path, lambda tmp: torch.save(features, tmp))
-    return dataclasses.replace(data, features=features)
+            frozen.update(name.encode())
+            frozen.update(tensor.detach().cpu().contiguous().view(-1).view(torch.uint8).numpy().tobytes())
+    out = []
+    for data in sets:
+        digest = frozen.copy()
+        digest.update(data.ids.numpy().tobytes())
+        digest.update(data.offsets.numpy().tobytes())
+        path = Path(cache_dir).expanduser() / f"features-{digest.hexdigest()[:24]}.pt"
+        features = None if rebuild else _read(path, len(data))
+        if features is None:
+            features = encode(model, head, data, batch_size, pad_id, device, precision, progress)
+            path.parent.mkdir(parents=True, exist_ok=True)
+            write_atomic(path, lambda tmp, f=features: torch.save(f, tmp))
+        out.append(dataclasses.replace(data, features=features))
+    return out
+
+
+def _read(path: Path, examples: int) -> torch.Tensor | None:
+    """Cached features for `examples` examples, or None when there are none whole (missing or corrupt)."""
+    if not path.is_file():
+        return None
+    try:
+        features = torch.load(path)
+    except Exception:  # truncated or corrupt: torch raises RuntimeError, EOFError, pickle errors...
+        features = None
+    if isinstance(features, torch.Tensor) and len(features) == examples:
+        return features
+    print(f"[lora-lab] feature cache {path} is unreadable or truncated; encoding again", file=sys.stderr)
+    return None

@@ -63,8 +63,8 @@ def test_features_come_from_the_cache_for_the_same_weights_and_tokens_only(tmp_p
 
     def read() -> torch.Tensor:
         cpu = torch.device("cpu")
-        cached = probe.cached(model, model.classifier, data, tmp_path, 8, 0, cpu, "fp32", progress=False)
-        return cached.features
+        cached = probe.cached(model, model.classifier, [data], tmp_path, 8, 0, cpu, "fp32", progress=False)
+        return cached[0].features
 
     first = read()
     encoded = probe.encode
