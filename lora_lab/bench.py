@@ -29,7 +29,7 @@ import torch
 from omegaconf import DictConfig
 from torch import nn
 
-from lora_lab import assets, config, dropout, lora, methods, models, params, quant
+from lora_lab import allocator, assets, config, dropout, lora, methods, models, params, quant
 from lora_lab.train import (
     DTYPES,
     PRECISIONS,
@@ -221,6 +221,7 @@ def memory_child(args: argparse.Namespace, device: torch.device) -> None:
 
 # Our side of --e2e: imdb_cpu's seven rows, ours, seed 0: the seven runs the baseline script makes.
 E2E_SWEEP = ["experiment=imdb_cpu", "hydra.sweeper.params.impl=ours", "hydra.sweeper.params.seed=0"]
+E2E_PARALLEL = ["hydra/launcher=local_parallel", "trainer.num_threads=1"]  # --jobs: single-threaded jobs
 
 
 def bench_e2e(args: argparse.Namespace) -> dict:
@@ -244,6 +245,7 @@ def bench_e2e(args: argparse.Namespace) -> dict:
             "-m",
             *E2E_SWEEP,
             *sizes,
+            *(E2E_PARALLEL + [f"hydra.launcher.n_jobs={args.jobs}"] if args.jobs > 1 else []),
             "trainer.progress=false",
             f"trainer.precision={args.precision}",
             f"results_dir={tmp}/results",
@@ -290,6 +292,7 @@ def bench_e2e(args: argparse.Namespace) -> dict:
             },
         }
     return {
+        "ours_jobs": args.jobs,
         "wall_s": walls,
         "ours_over_baseline_wall": walls["ours"] / walls["hf_trainer"],
         "accuracy": accuracy,
@@ -301,7 +304,7 @@ def report(result: dict, args: argparse.Namespace) -> str:
     if "end_to_end" in result:
         e2e = result["end_to_end"]
         lines = [
-            f"seven-row table end to end ({', '.join(e2e['sizes'])})",
+            f"seven-row table end to end ({', '.join(e2e['sizes'])}; ours as {e2e['ours_jobs']} job(s))",
             f"  wall: ours {e2e['wall_s']['ours']:.0f} s, "
             f"HF Trainer + PEFT {e2e['wall_s']['hf_trainer']:.0f} s, "
             f"ratio {e2e['ours_over_baseline_wall']:.2f}",
@@ -392,11 +395,27 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--eval-size", type=int, default=512, help="with --e2e")
     parser.add_argument("--epochs", type=int, default=1, help="with --e2e")
     parser.add_argument(
+        "--jobs",
+        type=int,
+        default=1,
+        help="with --e2e: our sweep as this many single-threaded jobs side by side (hydra/launcher="
+        "local_parallel); the HF Trainer script runs as one process either way",
+    )
+    parser.add_argument(
+        "--allocator",
+        choices=("kept", "glibc"),
+        default="kept",
+        help="kept: freed memory stays in the process, as in the runner (lora_lab.allocator); glibc: its "
+        "own thresholds (not for --e2e, whose runner always keeps it)",
+    )
+    parser.add_argument(
         "--out", type=Path, help="JSON file (default: results/bench/<model>_<device>_b<batch>_s<seq>.json)"
     )
     argv = sys.argv[1:] if argv is None else argv
     args = parser.parse_args(argv)
     models.quiet_libraries()
+    if args.allocator == "kept":
+        args.allocator = "kept" if allocator.keep_freed_memory() else "glibc (no glibc, or MALLOC_* set)"
     if args.threads:
         torch.set_num_threads(args.threads)
     device = pick_device(args.device)
@@ -412,7 +431,7 @@ def main(argv: list[str] | None = None) -> None:
         f"batch {args.batch} x {args.seq} tokens, r={args.rank or 'per row'}, dropout {args.dropout}, "
         f"{args.precision}, "
         f"{'cheap' if args.cheap_dropout else 'torch'} dropout masks, "
-        f"{device.type}, {torch.get_num_threads()} threads, variants {args.order}"
+        f"{device.type}, {torch.get_num_threads()} threads, variants {args.order}, allocator {args.allocator}"
     )
     result = {"setup": setup, "args": {k: v for k, v in vars(args).items() if k != "out"}}
     if args.e2e:

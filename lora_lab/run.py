@@ -20,7 +20,7 @@ import pandas as pd
 import torch
 from omegaconf import DictConfig
 
-from lora_lab import config, data, dropout, lora, methods, models, params, quant, store, train
+from lora_lab import allocator, config, data, dropout, lora, methods, models, params, quant, store, train
 from lora_lab.config import USER_ERRORS, fail, is_int, require
 from lora_lab.train import NonFiniteLoss, fit, pick_cheap_dropout, pick_device, pick_precision
 
@@ -64,6 +64,7 @@ def run(cfg: DictConfig) -> dict | None:
         return None
     if cfg.trainer.num_threads:
         torch.set_num_threads(cfg.trainer.num_threads)
+    allocator.keep_freed_memory()  # here, not in cli(): a launcher's worker process runs only this
 
     # Model and method first: they check rank, alpha, dropout and targets before any data is tokenised.
     tokenizer = models.load_tokenizer(cfg.model)

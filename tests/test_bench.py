@@ -144,6 +144,9 @@ def test_unknown_names_are_one_line_and_exit_2(module, arguments, message) -> No
 
 def test_the_end_to_end_bench_runs_the_baselines_seven_runs() -> None:
     assert len(config.sweep_jobs(bench.E2E_SWEEP)) == 7  # seven rows, one impl, one seed
+    parallel = config.sweep_jobs([*bench.E2E_SWEEP, *bench.E2E_PARALLEL, "hydra.launcher.n_jobs=2"])
+    assert len(parallel) == 7
+    assert {config.compose(job).trainer.num_threads for job in parallel} == {1}  # --jobs: one thread a job
 
 
 def test_a_studys_cost_counts_runs_not_sweep_jobs() -> None:
