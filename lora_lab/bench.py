@@ -224,9 +224,28 @@ E2E_SWEEP = ["experiment=imdb_cpu", "hydra.sweeper.params.impl=ours", "hydra.swe
 E2E_PARALLEL = ["hydra/launcher=local_parallel", "trainer.num_threads=1"]  # --jobs: single-threaded jobs
 
 
+def source_at(commit: str, dest: Path) -> Path:
+    """This repository's files at `commit`, written under `dest`: the runner as it was, for --against."""
+    repo = Path(__file__).resolve().parent.parent
+    archive = subprocess.run(["git", "-C", str(repo), "archive", commit], capture_output=True)
+    if archive.returncode != 0:
+        raise ValueError(f"--against {commit}: not a commit of {repo} ({archive.stderr.decode().strip()})")
+    dest.mkdir(parents=True)
+    subprocess.run(["tar", "-x", "-C", str(dest)], input=archive.stdout, check=True)
+    return dest
+
+
+def row_times(results: Path) -> dict[str, dict]:
+    """Accuracy and the load / train / score seconds of each record under `results`, by row label."""
+    keys = ("accuracy", "load_s", "train_wall_s", "eval_wall_s")
+    records = [json.loads(p.read_text()) for p in results.glob("**/runs/*.json")]
+    return {r["label"]: {k: r.get(k) for k in keys} for r in records}
+
+
 def bench_e2e(args: argparse.Namespace) -> dict:
-    """Wall time and accuracies of the seven-row table (impl=ours) through our runner and through the plain
-    HF Trainer + PEFT script, on the same MiniLM, IMDB subset, epochs, batch size and learning rates."""
+    """Wall time and accuracies of the seven-row table (impl=ours) through our runner and through a baseline
+    on the same MiniLM, IMDB subset, epochs, batch size and learning rates: the plain HF Trainer + PEFT
+    script, or (--against COMMIT) our runner as it was at that commit, one job on torch's threads."""
     root = assets.asset_root()
     if root is None or not (root / "models" / "all-MiniLM-L6-v2").is_dir():
         raise SystemExit(f"--e2e needs MiniLM and IMDB under ${assets.ENV_VAR} (e.g. ../shared)")
@@ -236,66 +255,77 @@ def bench_e2e(args: argparse.Namespace) -> dict:
         f"data.eval_size={args.eval_size}",
         f"trainer.epochs={args.epochs}",
     ]
-    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parent.parent)}
+    here = str(Path(__file__).resolve().parent.parent)
     with tempfile.TemporaryDirectory() as tmp:
-        ours = [
-            sys.executable,
-            "-m",
-            "lora_lab.run",
-            "-m",
-            *E2E_SWEEP,
-            *sizes,
-            *(E2E_PARALLEL + [f"hydra.launcher.n_jobs={args.jobs}"] if args.jobs > 1 else []),
-            "trainer.progress=false",
-            f"trainer.precision={args.precision}",
-            f"results_dir={tmp}/results",
-            f"data.cache_dir={tmp}/cache",
-        ]
-        baseline = [
-            sys.executable,
-            str(config.EXPERIMENTS_DIR / "imdb_rank_target" / "hf_trainer_baseline.py"),
-            "--model-path",
-            str(root / "models" / "all-MiniLM-L6-v2"),
-            "--data",
-            str(root / "data" / "imdb"),
-            "--train-size",
-            str(args.train_size),
-            "--eval-size",
-            str(args.eval_size),
-            "--max-length",
-            str(cfg.data.max_length),
-            "--epochs",
-            str(args.epochs),
-            "--batch-size",
-            str(cfg.trainer.batch_size),
-            "--lora-lr",
-            str(cfg.lora_lr),
-            "--head-lr",
-            str(config.compose(["method=head_only"]).method.lr),
-            "--full-lr",
-            str(config.compose(["method=full"]).method.lr),
-            "--out",
-            f"{tmp}/baseline.json",
-        ]
+
+        def runner(results: str, jobs: int) -> list[str]:
+            return [
+                sys.executable,
+                "-m",
+                "lora_lab.run",
+                "-m",
+                *E2E_SWEEP,
+                *sizes,
+                *(E2E_PARALLEL + [f"hydra.launcher.n_jobs={jobs}"] if jobs > 1 else []),
+                "trainer.progress=false",
+                f"trainer.precision={args.precision}",
+                f"results_dir={results}",
+                f"data.cache_dir={results}/cache",
+            ]
+
+        ours = (runner(f"{tmp}/ours", args.jobs), here)
+        if args.against:
+            baseline_name = f"ours@{args.against}"
+            baseline = (runner(f"{tmp}/against", 1), str(source_at(args.against, Path(tmp, "src"))))
+        else:
+            baseline_name = "hf_trainer"
+            script = [
+                sys.executable,
+                str(config.EXPERIMENTS_DIR / "imdb_rank_target" / "hf_trainer_baseline.py"),
+                "--model-path",
+                str(root / "models" / "all-MiniLM-L6-v2"),
+                "--data",
+                str(root / "data" / "imdb"),
+                "--train-size",
+                str(args.train_size),
+                "--eval-size",
+                str(args.eval_size),
+                "--max-length",
+                str(cfg.data.max_length),
+                "--epochs",
+                str(args.epochs),
+                "--batch-size",
+                str(cfg.trainer.batch_size),
+                "--lora-lr",
+                str(cfg.lora_lr),
+                "--head-lr",
+                str(config.compose(["method=head_only"]).method.lr),
+                "--full-lr",
+                str(config.compose(["method=full"]).method.lr),
+                "--out",
+                f"{tmp}/baseline.json",
+            ]
+            baseline = (script, here)
         walls = {}
-        for name, cmd in (("ours", ours), ("hf_trainer", baseline)):
+        for name, (cmd, path) in (("ours", ours), (baseline_name, baseline)):
+            env = {**os.environ, "PYTHONPATH": path}
             walls[name] = timed(
-                lambda c=cmd: subprocess.run(c, cwd=tmp, env=env, check=True, capture_output=True),
+                lambda c=cmd, e=env: subprocess.run(c, cwd=tmp, env=e, check=True, capture_output=True),
                 torch.device("cpu"),
             )
             print(f"  {name}: {walls[name]:.0f} s", flush=True)
-        records = [json.loads(p.read_text()) for p in Path(tmp).glob("results/**/runs/*.json")]
-        accuracy = {
-            "ours": {r["label"]: r["accuracy"] for r in records},
-            "hf_trainer": {
-                r["label"]: r["accuracy"] for r in json.loads(Path(tmp, "baseline.json").read_text())["rows"]
-            },
-        }
+        rows = {"ours": row_times(Path(tmp, "ours"))}
+        if args.against:
+            rows[baseline_name] = row_times(Path(tmp, "against"))
+        else:
+            baseline_rows = json.loads(Path(tmp, "baseline.json").read_text())["rows"]
+            rows[baseline_name] = {r["label"]: {"accuracy": r["accuracy"]} for r in baseline_rows}
     return {
         "ours_jobs": args.jobs,
+        "baseline": baseline_name,
         "wall_s": walls,
-        "ours_over_baseline_wall": walls["ours"] / walls["hf_trainer"],
-        "accuracy": accuracy,
+        "ours_over_baseline_wall": walls["ours"] / walls[baseline_name],
+        "rows": rows,
         "sizes": sizes,
     }
 
@@ -303,15 +333,16 @@ def bench_e2e(args: argparse.Namespace) -> dict:
 def report(result: dict, args: argparse.Namespace) -> str:
     if "end_to_end" in result:
         e2e = result["end_to_end"]
+        name, ours = e2e["baseline"], e2e["rows"]["ours"]
         lines = [
             f"seven-row table end to end ({', '.join(e2e['sizes'])}; ours as {e2e['ours_jobs']} job(s))",
-            f"  wall: ours {e2e['wall_s']['ours']:.0f} s, "
-            f"HF Trainer + PEFT {e2e['wall_s']['hf_trainer']:.0f} s, "
+            f"  wall: ours {e2e['wall_s']['ours']:.0f} s, {name} {e2e['wall_s'][name]:.0f} s, "
             f"ratio {e2e['ours_over_baseline_wall']:.2f}",
-            "  accuracy: configuration | ours | HF Trainer",
+            f"  accuracy: configuration | ours | {name}",
         ]
-        for label, acc in e2e["accuracy"]["hf_trainer"].items():
-            lines.append(f"    {label:<26} {e2e['accuracy']['ours'].get(label, float('nan')):.4f}  {acc:.4f}")
+        for label, row in e2e["rows"][name].items():
+            mine = ours.get(label, {}).get("accuracy", float("nan"))
+            lines.append(f"    {label:<26} {mine:.4f}  {row['accuracy']:.4f}")
         return "\n".join(lines)
     train, lines = result["train_step_s"], []
     lines.append(f"training step, median of {args.rounds} ({result['setup']})")
@@ -399,7 +430,13 @@ def main(argv: list[str] | None = None) -> None:
         type=int,
         default=1,
         help="with --e2e: our sweep as this many single-threaded jobs side by side (hydra/launcher="
-        "local_parallel); the HF Trainer script runs as one process either way",
+        "local_parallel); the baseline runs as one process either way",
+    )
+    parser.add_argument(
+        "--against",
+        metavar="COMMIT",
+        help="with --e2e: the baseline is our runner at this commit (one job, torch's threads), not the HF "
+        "Trainer script: what the changes since then bought",
     )
     parser.add_argument(
         "--allocator",
@@ -443,7 +480,7 @@ def main(argv: list[str] | None = None) -> None:
             result.update(bench_memory(args, argv))
     print(report(result, args))
     kind = (
-        f"e2e_n{args.train_size}_{args.precision}"
+        f"e2e_n{args.train_size}_{args.precision}{f'_vs_{args.against}' if args.against else ''}"
         if args.e2e
         else f"b{args.batch}_s{args.seq}_{args.precision}{'_ckpt' if args.checkpointing else ''}"
         f"{'_nf4' if args.quant else ''}"

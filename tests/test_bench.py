@@ -167,3 +167,13 @@ def test_a_studys_cost_scales_a_short_sample_to_its_sizes(monkeypatch, tmp_path)
     assert row["train_s"] > 0 and row["eval_s"] > 0 and row["load_s"] > 0
     assert row["total_s"] == pytest.approx(row["load_s"] + row["train_s"] + row["eval_s"])
     assert "the study: 1 runs" in cost.to_text(costs.reset_index(), "smoke")
+
+
+def test_against_takes_the_runner_as_it_was_at_a_commit(tmp_path) -> None:
+    head = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True, check=True).stdout
+    src = bench.source_at(head.strip(), tmp_path / "src")
+    committed = subprocess.run(["git", "show", "HEAD:lora_lab/run.py"], capture_output=True, check=True)
+    assert (src / "lora_lab" / "run.py").read_bytes() == committed.stdout
+    with pytest.raises(ValueError, match="--against nope: not a commit"):
+        bench.source_at("nope", tmp_path / "other")
+    assert not (tmp_path / "other").exists()  # nothing half-written
