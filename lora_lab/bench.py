@@ -226,7 +226,7 @@ E2E_PARALLEL = ["hydra/launcher=local_parallel", "trainer.num_threads=1"]  # --j
 
 def source_at(commit: str, dest: Path) -> Path:
     """This repository's files at `commit`, written under `dest`: the runner as it was, for --against."""
-    repo = Path(__file__).resolve().parent.parent
+    repo = config.CONF_DIR.parent
     archive = subprocess.run(["git", "-C", str(repo), "archive", commit], capture_output=True)
     if archive.returncode != 0:
         raise ValueError(f"--against {commit}: not a commit of {repo} ({archive.stderr.decode().strip()})")
@@ -255,7 +255,7 @@ def bench_e2e(args: argparse.Namespace) -> dict:
         f"data.eval_size={args.eval_size}",
         f"trainer.epochs={args.epochs}",
     ]
-    here = str(Path(__file__).resolve().parent.parent)
+    here = str(config.CONF_DIR.parent)
     with tempfile.TemporaryDirectory() as tmp:
 
         def runner(results: str, jobs: int) -> list[str]:
