@@ -258,7 +258,7 @@ def bench_e2e(args: argparse.Namespace) -> dict:
     here = str(config.CONF_DIR.parent)
     with tempfile.TemporaryDirectory() as tmp:
 
-        def runner(results: str, jobs: int) -> list[str]:
+        def runner(results: str, jobs: int, precision: str) -> list[str]:
             return [
                 sys.executable,
                 "-m",
@@ -268,15 +268,18 @@ def bench_e2e(args: argparse.Namespace) -> dict:
                 *sizes,
                 *(E2E_PARALLEL + [f"hydra.launcher.n_jobs={jobs}"] if jobs > 1 else []),
                 "trainer.progress=false",
-                f"trainer.precision={args.precision}",
+                f"trainer.precision={precision}",
                 f"results_dir={results}",
                 f"data.cache_dir={results}/cache",
             ]
 
-        ours = (runner(f"{tmp}/ours", args.jobs), here)
+        ours = (runner(f"{tmp}/ours", args.jobs, args.precision), here)
         if args.against:
             baseline_name = f"ours@{args.against}"
-            baseline = (runner(f"{tmp}/against", 1), str(source_at(args.against, Path(tmp, "src"))))
+            baseline = (
+                runner(f"{tmp}/against", 1, args.against_precision),
+                str(source_at(args.against, Path(tmp, "src"))),
+            )
         else:
             baseline_name = "hf_trainer"
             script = [
@@ -323,6 +326,10 @@ def bench_e2e(args: argparse.Namespace) -> dict:
     return {
         "ours_jobs": args.jobs,
         "baseline": baseline_name,
+        "precision": {
+            "ours": args.precision,
+            baseline_name: args.against_precision if args.against else "fp32",
+        },
         "wall_s": walls,
         "ours_over_baseline_wall": walls["ours"] / walls[baseline_name],
         "rows": rows,
@@ -439,6 +446,11 @@ def main(argv: list[str] | None = None) -> None:
         "Trainer script: what the changes since then bought",
     )
     parser.add_argument(
+        "--against-precision",
+        choices=PRECISIONS,
+        help="with --against: the baseline's trainer.precision, where it is not ours (default: --precision)",
+    )
+    parser.add_argument(
         "--allocator",
         choices=("kept", "glibc"),
         default="kept",
@@ -457,6 +469,9 @@ def main(argv: list[str] | None = None) -> None:
         torch.set_num_threads(args.threads)
     device = pick_device(args.device)
     args.precision = pick_precision(args.precision, device)
+    if args.against_precision and not args.against:
+        raise SystemExit("--against-precision needs --against COMMIT (the HF Trainer script runs fp32)")
+    args.against_precision = pick_precision(args.against_precision or args.precision, device)
     setting = {"true": True, "false": False}.get(args.cheap_dropout, "auto")
     args.cheap_dropout = pick_cheap_dropout(setting, device)
     if args.order == "auto":
@@ -479,8 +494,12 @@ def main(argv: list[str] | None = None) -> None:
         if args.memory:
             result.update(bench_memory(args, argv))
     print(report(result, args))
+    against = ""
+    if args.against:
+        against = f"_vs_{args.against}"
+        against += f"_{args.against_precision}" if args.against_precision != args.precision else ""
     kind = (
-        f"e2e_n{args.train_size}_{args.precision}{f'_vs_{args.against}' if args.against else ''}"
+        f"e2e_n{args.train_size}_{args.precision}{against}"
         if args.e2e
         else f"b{args.batch}_s{args.seq}_{args.precision}{'_ckpt' if args.checkpointing else ''}"
         f"{'_nf4' if args.quant else ''}"

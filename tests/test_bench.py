@@ -177,3 +177,10 @@ def test_against_takes_the_runner_as_it_was_at_a_commit(tmp_path) -> None:
     with pytest.raises(ValueError, match="--against nope: not a commit"):
         bench.source_at("nope", tmp_path / "other")
     assert not (tmp_path / "other").exists()  # nothing half-written
+
+
+def test_against_precision_without_against_is_one_line(tmp_path) -> None:
+    out = tmp_path / "e2e.json"
+    with pytest.raises(SystemExit, match="--against-precision needs --against COMMIT"):
+        bench.main(["--e2e", "--against-precision", "fp32", "--out", str(out)])
+    assert not out.exists()
