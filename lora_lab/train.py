@@ -7,6 +7,7 @@ import math
 import resource
 import sys
 import time
+import warnings
 from collections.abc import Iterator
 from contextlib import AbstractContextManager, nullcontext
 from pathlib import Path
@@ -66,11 +67,21 @@ def pick_precision(name: str, device: torch.device) -> str:
     scaler on older GPUs (a T4 or V100 only emulates bf16, slowly); fp32 on other CPUs, where emulated bf16 is
     far slower. torch's own bf16 query counts emulation unless told not to."""
     require(name in PRECISIONS, "trainer.precision", name, f"one of {PRECISIONS}")
+    native = (
+        torch.cuda.is_bf16_supported(including_emulation=False)
+        if device.type == "cuda"
+        else torch.cpu._is_avx512_bf16_supported() or torch.cpu._is_amx_tile_supported()
+    )
+    if name == "bf16" and device.type == "cpu" and not native:
+        warnings.warn(  # once per process, not once per run of a sweep
+            "trainer.precision=bf16: this CPU has no AVX512-BF16 or AMX, so bf16 is emulated and far slower "
+            "than fp32; trainer.precision=fp32 (or auto) runs faster here",
+            stacklevel=2,
+        )
     if name != "auto":
         return name
     if device.type == "cuda":
-        return "bf16" if torch.cuda.is_bf16_supported(including_emulation=False) else "fp16"
-    native = torch.cpu._is_avx512_bf16_supported() or torch.cpu._is_amx_tile_supported()
+        return "bf16" if native else "fp16"
     return "bf16" if native else "fp32"
 
 

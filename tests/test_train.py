@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import subprocess
 import sys
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -132,6 +133,17 @@ def test_auto_precision_on_a_gpu_follows_what_it_multiplies_natively(
         lambda including_emulation=True: including_emulation or capability >= (8, 0),
     )
     assert pick_precision(forced, torch.device("cuda")) == expected
+
+
+@pytest.mark.parametrize("native", [True, False])
+def test_forced_bf16_on_a_cpu_that_emulates_it_says_so(monkeypatch, native) -> None:
+    monkeypatch.setattr(torch.cpu, "_is_avx512_bf16_supported", lambda: native)
+    monkeypatch.setattr(torch.cpu, "_is_amx_tile_supported", lambda: False)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        assert pick_precision("bf16", torch.device("cpu")) == "bf16"  # kept: the user asked for it
+    assert any("bf16 is emulated" in str(w.message) for w in caught) is not native
+    assert pick_precision("auto", torch.device("cpu")) == ("bf16" if native else "fp32")
 
 
 def test_fp16_trains_through_the_gradient_scaler() -> None:
