@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import subprocess
 import sys
 import zlib
@@ -406,3 +407,109 @@ def test_latency_joins_bench_variants_to_rows_merged_where_measured(tmp_path) ->
     fig = plot(table, tmp_path, x="latency_x_base")
     assert (tmp_path / "acc_vs_latency.png").is_file()
     assert len(fig.axes[0].texts) == 2  # labels for the two configurations measured
+
+
+# What the analysis refuses rather than pools (issue #38): each case exits 0 with a wrong table on the code
+# before it.
+
+
+def edit(path: Path, **fields) -> None:
+    path.write_text(json.dumps({**json.loads(path.read_text()), **fields}))
+
+
+def named(folder: Path, seed: int, rank: int = 8) -> Path:
+    """A synthetic record whose name and config_id are hashes of its config, as the runner writes them."""
+    synthetic(folder, "Q+V (r=8)", "ours", seed, 0.9)
+    path = next(p for p in (folder / "runs").glob(f"*-{seed}-*.json"))
+    record = json.loads(path.read_text())
+    config = {**record["config"], "rank": rank}
+    name = f"qv_r8-ours-seed{seed}-{store.digest(store.identity(config, 'lora'))}"
+    edit(path, name=name, config=config, config_id=store.digest(store.identity(config, "lora", False)))
+    return path
+
+
+def fingerprints(path: Path, eval_sha: str = "e", train_sha: str = "t") -> None:
+    sets = {"train": {"examples": 10, "sha256": train_sha}, "eval": {"examples": N, "sha256": eval_sha}}
+    edit(path, data=sets)
+
+
+def test_runs_on_other_data_or_with_edited_records_are_refused(tmp_path) -> None:
+    paths = [named(tmp_path, seed) for seed in (0, 1, 2)]
+    for path in paths:
+        fingerprints(path)
+    assert analysis.load_runs(tmp_path)["seed"].tolist() == [0, 1, 2]
+    fingerprints(paths[2], eval_sha="altered test texts")
+    with pytest.raises(ValueError, match=r"qv_r8-ours-seed2-\w+ read other evaluation data than the rest"):
+        analysis.load_runs(tmp_path)
+    fingerprints(paths[2])
+    edit(paths[2], config={**json.loads(paths[2].read_text())["config"], "rank": 16})  # relabelled by hand
+    with pytest.raises(ValueError, match=r"-2-\w+.json: its config does not hash to its name and config_id"):
+        analysis.load_runs(tmp_path)
+    named(tmp_path, 2)
+    fingerprints(paths[2])
+    edit(paths[1], accuracy=0.95)  # the predictions score 0.90
+    with pytest.raises(ValueError, match="scores 0.9000 but its record says accuracy 0.9500"):
+        analysis.correctness(analysis.load_runs(tmp_path))
+
+
+def test_failed_runs_are_counted_and_outputs_of_an_earlier_analysis_do_not_stay(tmp_path) -> None:
+    from lora_lab.analysis.__main__ import main
+
+    for seed in (0, 1):
+        for label in ("Q+V (r=8)", "Q+V (r=4)"):
+            synthetic(tmp_path, label, "ours", seed, 0.9 - 0.01 * seed, shuffle=True)
+    failed = next((tmp_path / "runs").glob("Q+V (r=8)-ours-1-*.json"))
+    edit(
+        failed,
+        status="failed",
+        reason="loss inf at steps 10-20; lower lora_lr",
+        accuracy=None,
+        predictions=None,
+    )
+    claims = tmp_path / "claims.yaml"
+    claims.write_text("claims:\n  - better: {a: 'Q+V (r=8)', b: 'Q+V (r=4)'}\n")
+    main([str(tmp_path), "--claims", str(claims)])
+    table = (tmp_path / "table.md").read_text()
+    assert "1 run(s) of Q+V (r=8) (ours) failed: seed 1: loss inf at steps 10-20; lower lora_lr" in table
+    assert "from 4 records, sha256 " in table and "from 4 records" in (tmp_path / "findings.md").read_text()
+    main([str(tmp_path), "--claims", "none"])
+    assert not any((tmp_path / f).exists() for f in ("findings.md", "findings.csv", "findings.png"))
+    assert (tmp_path / "table.md").is_file()
+
+
+@pytest.mark.parametrize(
+    ("spec", "error"),
+    [
+        ({"better": {"a": "A", "b": "B", "by": 50}}, "unknown key 'by'; did you mean by_pp (of an at_least"),
+        ({"statment": "x", "better": {"a": "A", "b": "B"}}, "unknown key 'statment'; did you mean statement"),
+        ({"equivalent": {"a": "A", "b": "B", "margin_pp": -2}}, "margin_pp=-2 is not allowed; use a number"),
+        ({"at_least": {"a": "A", "b": "B", "by_pp": -1}}, "by_pp=-1 is not allowed"),
+        ({"better": {"a": "A", "b": "A"}}, "compares 'A' with itself"),
+        ({"better": {"a": "A", "b": "B", "impl": "PEFT"}}, "impl='PEFT' is not allowed; use ours or peft"),
+        ({"at_least": {"a": "A", "b": "B"}}, "at_least lacks by_pp"),
+    ],
+)
+def test_a_mistaken_claim_is_refused_naming_its_file_and_claim(tmp_path, spec, error) -> None:
+    path = tmp_path / "claims.yaml"
+    ok = {"statement": "fine", "better": {"a": "A", "b": "B"}}
+    path.write_text(json.dumps({"claims": [ok, spec]}))  # JSON is YAML
+    with pytest.raises(ValueError, match=rf"{re.escape(str(path))}, claim 2.*{re.escape(error)}"):
+        findings.load_claims("x", path)
+
+
+def test_a_rate_next_to_a_collapse_is_passed_over_even_at_the_bottom_of_the_grid() -> None:
+    table = pd.DataFrame(
+        {
+            "label": ["LoRA"] * 3,
+            "impl": ["ours"] * 3,
+            "lr": [1e-4, 3e-4, 1e-3],
+            "accuracy": [80.0, 50.0, 50.0],
+            "collapsed_seeds": [(), (0,), (0,)],
+            "ci_low": 0.0,
+            "ci_high": 100.0,
+            "n": 1,
+        }
+    )
+    chosen = rates.choose(table)
+    assert not chosen["chosen"].any()  # the lowest rate sits next to a collapse: widen the grid down
+    assert chosen["passed"].tolist() == [True, False, False]

@@ -3,6 +3,9 @@
 Reads the runs, prints the table and the study's findings, and writes table.md/.csv/.tex,
 acc_vs_params.png/.pdf, with --latency acc_vs_latency.png/.pdf, and (when the study has claims)
 findings.md/.csv and findings.png into RESULTS_DIR.
+
+Every output it owns is written or removed on each run, so none is left from an earlier analysis; the
+markdown ones name the records they were made from (their count and a digest) and the runs that failed.
 """
 
 from __future__ import annotations
@@ -17,6 +20,11 @@ from lora_lab.analysis import load_reference, load_runs, load_wandb_runs, plot, 
 from lora_lab.analysis.plot import plot_findings
 from lora_lab.analysis.runs import correctness
 from lora_lab.analysis.table import add_latency, to_markdown
+
+OUTPUTS = (  # what an analysis of a folder writes there: each is rewritten or removed
+    *("table.md", "table.csv", "table.tex", "acc_vs_params.png", "acc_vs_params.pdf"),
+    *("acc_vs_latency.png", "acc_vs_latency.pdf", "rates.md", "findings.md", "findings.csv", "findings.png"),
+)
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -54,27 +62,47 @@ def main(argv: list[str] | None = None) -> None:
     except (FileNotFoundError, ValueError) as err:
         print(f"error: {err}", file=sys.stderr)
         sys.exit(2)  # bad input, as the runner says it
-    print(to_markdown(table))
-    written = write_tables(table, args.results)
+    notes = [f"Made by `python -m lora_lab.analysis` from {runs.attrs.get('read') or args.results}."]
+    notes += failed_notes(runs.attrs.get("failed", []))
+    print(to_markdown(table) + "".join(f"\n{n}" for n in notes[1:]))
+    written = write_tables(table, args.results, notes)
     model = runs["model"].iloc[0].rsplit("/", 1)[-1]
     title = f"{experiment}: {model}, {runs['train_examples'].iloc[0]:,} train examples"
     plot(table, args.results, title=title)
-    written += [f"{args.results}/acc_vs_params.png/.pdf"]
+    written += [Path(args.results) / f"acc_vs_params.{ext}" for ext in ("png", "pdf")]
     if latency is not None:
         plot(latency, args.results, title=f"{title}\nlatency: {Path(args.latency).name}", x="latency_x_base")
-        written += [f"{args.results}/acc_vs_latency.png/.pdf"]
+        written += [Path(args.results) / f"acc_vs_latency.{ext}" for ext in ("png", "pdf")]
     if tuning:
         chosen = rates.choose(table)
         print(rates.to_markdown(chosen))
-        written.append(rates.write_rates(chosen, args.results))
+        written.append(rates.write_rates(chosen, args.results, notes))
     if findings is not None:
         print(findings_module.to_markdown(findings, table))
-        written += findings_module.write_findings(findings, table, args.results)
+        written += findings_module.write_findings(findings, table, args.results, notes)
         plot_findings(
             findings, args.results, title=f"{experiment}: claims, a - b with the interval that decides"
         )
-        written += [f"{args.results}/findings.png"]
+        written += [Path(args.results) / "findings.png"]
     print("wrote", ", ".join(str(p) for p in written))
+    made = {Path(p).name for p in written}
+    stale = [p for p in (Path(args.results) / n for n in OUTPUTS if n not in made) if p.is_file()]
+    for path in stale:
+        path.unlink()
+    if stale:
+        print("removed what this analysis no longer makes:", ", ".join(p.name for p in stale))
+
+
+def failed_notes(failed: list[dict]) -> list[str]:
+    """One line per row with runs that did not complete: they are in no mean, CI or verdict."""
+    rows: dict = {}
+    for run in failed:
+        rows.setdefault((run["label"], run["impl"]), []).append(run)
+    return [
+        f"Not in the table's means: {len(runs)} run(s) of {label} ({impl}) failed: "
+        + "; ".join(f"seed {r['seed']}: {r['reason']}" for r in sorted(runs, key=lambda r: r["seed"]))
+        for (label, impl), runs in rows.items()
+    ]
 
 
 if __name__ == "__main__":

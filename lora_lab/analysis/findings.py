@@ -23,6 +23,7 @@ outside the K; each row's collapse rate is reported as a finding of its own.
 
 from __future__ import annotations
 
+import difflib
 import math
 from pathlib import Path
 
@@ -34,7 +35,7 @@ from scipy import stats as scipy_stats
 from lora_lab.analysis import stats
 from lora_lab.analysis.runs import NO_IMPL
 from lora_lab.atomic import write_text_atomic
-from lora_lab.config import EXPERIMENTS_DIR
+from lora_lab.config import EXPERIMENTS_DIR, is_number
 
 ALPHA = 0.05  # family-wise, per side
 FULL_TEST_SET = 25_000  # IMDB's test split: the most test examples a plan can ask for
@@ -46,9 +47,33 @@ COLUMNS = [  # findings.csv's, in this order (the planner's seeds at more test s
 ]
 
 
-class Claim:
-    """Two rows, a threshold, and which side of it the claim says a - b lies on."""
+def _label(value: object) -> str | None:
+    return None if isinstance(value, str) and value.strip() else "a row label (a string) of the study's table"
 
+
+def _impl(value: object) -> str | None:
+    return None if value in ("ours", "peft") else "ours or peft"
+
+
+def _points(low: float, strict: bool):
+    def check(value: object) -> str | None:
+        number = is_number(value) and math.isfinite(value)
+        ok = number and (value > low if strict else value >= low)
+        return None if ok else f"a number of accuracy points {'>' if strict else '>='} {low:g}"
+
+    return check
+
+
+ROWS = {"a": _label, "b": _label, "impl": _impl, "impl_b": _impl}  # a claim's two rows; impl default ours
+
+
+class Claim:
+    """Two rows, a threshold, and which side of it the claim says a - b lies on. A kind is one subclass that
+    declares its YAML key and its arguments (name: checker returning what is wanted, or None when fine)."""
+
+    key = ""  # the claim's key in claims.yaml
+    args: dict = {}  # its arguments
+    required: tuple[str, ...] = ()
     two_sided = False  # the threshold bounds a - b on both sides (an equivalence margin)
 
     def __init__(self, args: dict, statement: str | None = None, reference_pp: float | None = None) -> None:
@@ -87,7 +112,11 @@ class Claim:
 
 
 class Beats(Claim):
-    """better: a - b > 0; at_least: a - b > by_pp."""
+    """better: a - b > 0."""
+
+    key = "better"
+    args = ROWS
+    required = ("a", "b")
 
     def __init__(self, args: dict, **kw) -> None:
         self.by_pp = float(args.get("by_pp", 0.0))
@@ -113,9 +142,20 @@ class Beats(Claim):
         return diff.power_one_sided(self.margin(100 * diff.mean) / 100, alpha, seeds, examples)
 
 
+class AtLeast(Beats):
+    """at_least: a - b > by_pp."""
+
+    key = "at_least"
+    args = {**ROWS, "by_pp": _points(0, strict=False)}
+    required = ("a", "b", "by_pp")
+
+
 class Equivalent(Claim):
     """|a - b| < margin_pp, by two one-sided tests (TOST)."""
 
+    key = "equivalent"
+    args = {**ROWS, "margin_pp": _points(0, strict=True)}
+    required = ("a", "b", "margin_pp")
     two_sided = True
 
     def __init__(self, args: dict, **kw) -> None:
@@ -151,6 +191,10 @@ class Equivalent(Claim):
 class ImplsEquivalent(Equivalent):
     """Ours = PEFT within margin_pp, on every row of the table that has both."""
 
+    key = "impls_equivalent"
+    args = {"margin_pp": _points(0, strict=True)}
+    required = ("margin_pp",)
+
     def __init__(self, args: dict, **kw) -> None:
         super().__init__({"a": None, "b": None, **args}, **kw)
 
@@ -171,11 +215,10 @@ class ImplsEquivalent(Equivalent):
         ]
 
 
-KINDS: dict[str, type[Claim]] = {
-    "better": Beats,
-    "at_least": Beats,
-    "equivalent": Equivalent,
-    "impls_equivalent": ImplsEquivalent,
+KINDS: dict[str, type[Claim]] = {kind.key: kind for kind in (Beats, AtLeast, Equivalent, ImplsEquivalent)}
+CLAIM_KEYS = {
+    "statement": lambda v: None if isinstance(v, str) else "a string",
+    "reference_pp": _points(-100, False),
 }
 
 
@@ -189,23 +232,63 @@ def load_claims(experiment: str, path: str | Path | None = None) -> list[Claim] 
         return None
     try:
         specs = OmegaConf.to_container(OmegaConf.load(path))["claims"]
+        assert isinstance(specs, list), "`claims:` must be a list"
     except Exception as err:  # YAML syntax, or no `claims:` list: say which file
         raise ValueError(
             f"{path} is not a claims file ({type(err).__name__}: {err}); see {__name__}"
         ) from None
-    return [parse(spec, path) for spec in specs]
+    return [parse(spec, f"{path}, claim {i + 1}") for i, spec in enumerate(specs)]
 
 
-def parse(spec: dict, where: str | Path = "claims") -> Claim:
+def parse(spec: dict, where: str = "claim") -> Claim:
+    """One claim of a claims file, checked as the runner checks the command line: unknown keys refused with
+    the closest known one, every argument's type and range, and no row compared with itself."""
+    if not isinstance(spec, dict):
+        raise ValueError(f"{where}: {spec!r} is not a claim; each is a mapping such as {{better: {{a, b}}}}")
+    where = f"{where} ({spec['statement']!r})" if isinstance(spec.get("statement"), str) else where
     kinds = [k for k in KINDS if k in spec]
     if len(kinds) != 1:
-        raise ValueError(f"{where}: each claim needs exactly one of {tuple(KINDS)}, got {sorted(spec)}")
-    args = spec[kinds[0]]
-    missing = [k for k in ("a", "b") if kinds[0] != "impls_equivalent" and k not in args]
-    missing += [k for k in ("margin_pp",) if "equivalent" in kinds[0] and k not in args]
+        found = sorted(map(str, spec))
+        raise ValueError(f"{where}: each claim needs exactly one of {', '.join(KINDS)}; found {found}")
+    kind = KINDS[kinds[0]]
+    _known(spec, {kind.key, *CLAIM_KEYS}, where)
+    for key, check_value in CLAIM_KEYS.items():
+        _valid(spec, key, check_value, where)
+    args = spec[kind.key]
+    if not isinstance(args, dict):
+        raise ValueError(f"{where}: {kind.key} takes a mapping of {', '.join(kind.args)}, not {args!r}")
+    _known(args, set(kind.args), f"{where}: {kind.key}")
+    missing = [k for k in kind.required if k not in args]
     if missing:
-        raise ValueError(f"{where}: the {kinds[0]} claim {args} lacks {', '.join(missing)}")
-    return KINDS[kinds[0]](args, statement=spec.get("statement"), reference_pp=spec.get("reference_pp"))
+        raise ValueError(f"{where}: {kind.key} lacks {', '.join(missing)} (it takes {', '.join(kind.args)})")
+    for key, check_value in kind.args.items():
+        _valid(args, key, check_value, f"{where}: {kind.key}")
+    sides = [
+        (args.get(k), args.get(i, args.get("impl", "ours"))) for k, i in (("a", "impl"), ("b", "impl_b"))
+    ]
+    if "a" in kind.args and sides[0] == sides[1]:
+        raise ValueError(f"{where}: {kind.key} compares {args['a']!r} with itself; name two different rows")
+    return kind(args, statement=spec.get("statement"), reference_pp=spec.get("reference_pp"))
+
+
+def _known(mapping: dict, known: set[str], where: str) -> None:
+    """Refuse a key outside `known`, naming the closest key (one it begins, first), and the claim kind that
+    takes it when this one does not (`by` in a `better` claim: by_pp, of at_least)."""
+    every = sorted(known | {name for kind in KINDS.values() for name in kind.args})
+    for key in map(str, mapping):
+        if key in known:
+            continue
+        close = [k for k in every if k.startswith(key)] or difflib.get_close_matches(key, every, n=1)
+        if not close:
+            raise ValueError(f"{where}: unknown key {key!r}; it takes {', '.join(sorted(known))}")
+        kinds = [kind.key for kind in KINDS.values() if close[0] in kind.args and close[0] not in known]
+        owner = f" (of an {' or '.join(kinds)} claim)" if kinds else ""
+        raise ValueError(f"{where}: unknown key {key!r}; did you mean {close[0]}{owner}?")
+
+
+def _valid(mapping: dict, key: str, check_value, where: str) -> None:
+    if key in mapping and (wanted := check_value(mapping[key])):
+        raise ValueError(f"{where}: {key}={mapping[key]!r} is not allowed; use {wanted}")
 
 
 def check(claims: list[Claim], table: pd.DataFrame, correct: dict[str, pd.DataFrame]) -> pd.DataFrame:
@@ -431,9 +514,13 @@ def _p(p: float) -> str:
     return f"{p:.3f}" if p >= 0.001 else "<0.001"
 
 
-def write_findings(findings: pd.DataFrame, table: pd.DataFrame, out: str | Path) -> list[Path]:
+def write_findings(
+    findings: pd.DataFrame, table: pd.DataFrame, out: str | Path, notes: list[str] = ()
+) -> list[Path]:
     out = Path(out)
     return [
-        write_text_atomic(out / "findings.md", to_markdown(findings, table)),
+        write_text_atomic(
+            out / "findings.md", to_markdown(findings, table) + "".join(f"\n{n}\n" for n in notes)
+        ),
         write_text_atomic(out / "findings.csv", findings.to_csv(index=False, float_format="%.4f")),
     ]

@@ -29,7 +29,7 @@ def choose(table: pd.DataFrame) -> pd.DataFrame:
         group = group.sort_values("lr")
         collapsed = [len(seeds) > 0 for seeds in group["collapsed_seeds"]]
         first = collapsed.index(True) if True in collapsed else len(group)
-        safe = group.iloc[: first - 1] if 1 < first < len(group) else group.iloc[:first]
+        safe = group.iloc[: max(first - 1, 0)] if first < len(group) else group
         best = safe["accuracy"].idxmax() if len(safe) else None
         edge = len(group) > 1 and best in (group.index[0], group.index[-1])
         passed = group.index[first - 1] if len(safe) < first else None
@@ -66,5 +66,5 @@ def to_markdown(rates: pd.DataFrame) -> str:
     return "\n".join(lines) + "\n"
 
 
-def write_rates(rates: pd.DataFrame, out: str | Path) -> Path:
-    return write_text_atomic(Path(out) / "rates.md", to_markdown(rates))
+def write_rates(rates: pd.DataFrame, out: str | Path, notes: list[str] = ()) -> Path:
+    return write_text_atomic(Path(out) / "rates.md", to_markdown(rates) + "".join(f"\n{n}\n" for n in notes))

@@ -14,7 +14,7 @@ from omegaconf import OmegaConf
 
 from lora_lab import methods, store
 from lora_lab.assets import unreachable
-from lora_lab.store import Record, identity
+from lora_lab.store import Record, digest, identity
 
 # Record fields that go into the frame: the scalars (the config, curve and versions stay in the files).
 COLUMNS = [
@@ -32,16 +32,38 @@ def load_runs(folder: str | Path) -> pd.DataFrame:
         raise FileNotFoundError(
             f"no run records in {runs}; run e.g. `python -m lora_lab.run -m experiment=imdb_cpu` first"
         )
-    return frame([read_record(p) for p in paths], str(runs), runs)
+    records = [read_record(p) for p in paths]
+    df = frame(records, str(runs), runs)
+    df.attrs["read"] = read_digest(paths)
+    return df
 
 
 def read_record(path: Path) -> Record:
+    """A record, refused when it is not one, or when its config no longer hashes to its name and config_id
+    (edited by hand: it would be relabelled and pooled into another row). Records written before config_id
+    existed were named under older identity rules and are taken as they are."""
     try:
-        return Record.from_dict(json.loads(path.read_text()))
+        record = Record.from_dict(json.loads(path.read_text()))
     except (json.JSONDecodeError, UnicodeDecodeError, TypeError, ValueError) as err:
         raise ValueError(
             f"{path} is not a valid run record ({err}); delete it, or rerun that run with force=true"
         ) from None
+    if record.config_id is not None:
+        named = record.name.endswith("-" + digest(identity(record.config, record.method)))
+        if not named or record.config_id != digest(identity(record.config, record.method, with_seed=False)):
+            raise ValueError(
+                f"{path}: its config does not hash to its name and config_id (was it edited?); restore the "
+                "file, or rerun that run with force=true"
+            )
+    return record
+
+
+def read_digest(paths: list[Path]) -> str:
+    """What an analysis read, for its outputs to name: the count of records and a sha256 of their files."""
+    sha = hashlib.sha256()
+    for path in paths:
+        sha.update(path.name.encode() + b"\0" + path.read_bytes() + b"\0")
+    return f"{len(paths)} records, sha256 {sha.hexdigest()[:12]}"
 
 
 def load_wandb_runs(entity: str, project: str) -> pd.DataFrame:
@@ -70,10 +92,12 @@ def load_wandb_runs(entity: str, project: str) -> pd.DataFrame:
 
 def frame(records: list[Record], where: str, folder: Path | None = None) -> pd.DataFrame:
     """Complete runs of one experiment on one model, with their configuration id and a `configuration`
-    name: the row label, plus the settings that tell apart configurations that share it."""
+    name: the row label, plus the settings that tell apart configurations that share it. Runs that did not
+    complete are kept in `.attrs["failed"]` (label, impl, seed, reason), to be counted and shown."""
     complete = [r for r in records if r.status == "complete"]
     if not complete:
         raise ValueError(f"{where} has {len(records)} record(s) but none complete")
+    _same_inputs(complete, where)
     df = pd.DataFrame([{c: getattr(r, c) for c in COLUMNS} for r in complete])
     df["config_id"] = [r.id_of_config() for r in complete]
     df["predictions_path"] = [
@@ -96,7 +120,41 @@ def frame(records: list[Record], where: str, folder: Path | None = None) -> pd.D
     df["impl"] = df["impl"].fillna(NO_IMPL)
     settings = {r.id_of_config(): _flat(identity(r.config, r.method, with_seed=False)) for r in complete}
     df["configuration"] = _names(df, settings)
-    return df.reset_index(drop=True)
+    df = df.reset_index(drop=True)
+    df.attrs["failed"] = [
+        {"label": r.label, "impl": r.impl or NO_IMPL, "seed": r.seed, "reason": r.reason or r.status}
+        for r in records
+        if r.status != "complete"
+    ]
+    return df
+
+
+def _same_inputs(records: list[Record], where: str) -> None:
+    """Runs pooled or paired must have read the same things: one evaluation set for the whole study (every
+    run is scored on the same reviews), one set of pretrained weights, and at one seed and data setting one
+    training set. Records made before the fingerprints existed carry none and are not compared."""
+    checks = {  # what: record -> (the group it must agree within, its fingerprint)
+        "evaluation data": lambda r: (None, (r.data or {}).get("eval", {}).get("sha256")),
+        "pretrained weights": lambda r: (None, (r.weights or {}).get("sha256")),
+        "training data": lambda r: (
+            (r.seed, json.dumps(r.config.get("data"), sort_keys=True)),
+            (r.data or {}).get("train", {}).get("sha256"),
+        ),
+    }
+    for what, key in checks.items():
+        groups: dict = {}
+        for r in records:
+            group, value = key(r)
+            if value:
+                groups.setdefault(group, {}).setdefault(value, []).append(r.name)
+        for values in groups.values():
+            if len(values) > 1:
+                odd = [name for names in sorted(values.values(), key=len)[:-1] for name in names]
+                shown = ", ".join(odd[:4]) + (f" and {len(odd) - 4} more" if len(odd) > 4 else "")
+                raise ValueError(
+                    f"{where}: {shown} read other {what} than the rest (their fingerprints differ), so they "
+                    "cannot be pooled or paired; move them to their own experiment folder, or rerun them"
+                )
 
 
 def _row(config: dict) -> str:
@@ -117,6 +175,17 @@ def _collapse_of(predictions_path: str) -> str | None:
     _require_predictions(predictions_path)
     preds = pd.read_parquet(predictions_path, columns=["pred", "label"])
     return store.collapse(preds["pred"].to_numpy(), preds["label"].to_numpy())
+
+
+def _same_accuracy(preds: pd.DataFrame, accuracy: float, path: str) -> None:
+    """A record's accuracy must be what its predictions score, or the table would mix two numbers (to within
+    half an example: the loop computes it in its own precision)."""
+    scored = float((preds["pred"] == preds["label"]).mean())
+    if abs(scored - accuracy) * len(preds) >= 0.5:
+        raise ValueError(
+            f"{path} scores {scored:.4f} but its record says accuracy {accuracy:.4f}; restore the record, or "
+            "rerun that run with force=true"
+        )
 
 
 def _flat(tree: dict, prefix: str = "") -> dict:
@@ -152,15 +221,16 @@ def correctness(runs: pd.DataFrame) -> dict[str, pd.DataFrame]:
         if group["predictions_path"].isna().any():
             continue
         columns = {}
-        for seed, path, digest in zip(
+        for seed, path, stored in zip(
             group["seed"], group["predictions_path"], group["predictions"], strict=True
         ):
             _require_predictions(path)
-            if hashlib.sha256(Path(path).read_bytes()).hexdigest() != digest["sha256"]:
+            if hashlib.sha256(Path(path).read_bytes()).hexdigest() != stored["sha256"]:
                 raise ValueError(
                     f"{path} does not match the sha256 its record holds; rerun that run with force=true"
                 )
             preds = pd.read_parquet(path)
+            _same_accuracy(preds, group.loc[group["seed"] == seed, "accuracy"].iloc[0], path)
             columns[seed] = pd.Series(
                 (preds["pred"] == preds["label"]).astype(int).to_numpy(), preds["example_id"]
             )

@@ -171,11 +171,12 @@ def add_latency(table: pd.DataFrame, runs: pd.DataFrame, bench: dict) -> pd.Data
     return table.assign(latency_x_base=table["config_id"].map(ratios).astype(float))
 
 
-def write_tables(table: pd.DataFrame, out: str | Path) -> list[Path]:
+def write_tables(table: pd.DataFrame, out: str | Path, notes: list[str] = ()) -> list[Path]:
+    """table.md (with `notes` below it: what was read, which runs failed), table.csv and table.tex."""
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     return [
-        write_text_atomic(out / "table.md", to_markdown(table)),
+        write_text_atomic(out / "table.md", to_markdown(table) + "".join(f"\n{n}\n" for n in notes)),
         write_text_atomic(out / "table.csv", table.to_csv(index=False, float_format="%.4f")),
-        write_text_atomic(out / "table.tex", to_latex(table)),
+        write_text_atomic(out / "table.tex", to_latex(table) + "".join(f"% {n}\n" for n in notes)),
     ]
