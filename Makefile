@@ -2,7 +2,7 @@
 PY := .venv/bin/python
 export LORA_LAB_ASSETS ?= $(abspath ../shared)
 
-.PHONY: test test-gpu demo clean
+.PHONY: test test-fast test-gpu demo clean
 
 .venv/installed: pyproject.toml
 	python3 -m venv .venv
@@ -14,7 +14,12 @@ export LORA_LAB_ASSETS ?= $(abspath ../shared)
 test: .venv/installed
 	$(PY) -m ruff check lora_lab tests experiments notebooks
 	$(PY) -m ruff format --check lora_lab tests experiments notebooks
-	$(PY) -m pytest -q tests
+	$(PY) -m mkdocs build --strict --site-dir $$(mktemp -d)
+	$(PY) -m pytest -q -n 2 --durations=15 tests
+
+# The inner loop: everything but the tests marked slow (end to end through subprocesses), on both cores.
+test-fast: .venv/installed
+	$(PY) -m pytest -q -n 2 -m "not slow" tests
 
 # On a machine with CUDA, with a python whose torch has CUDA and this package's dependencies (e.g. PY=python3):
 # what the CPU tests check by patching torch's CUDA queries, on the device itself.
@@ -26,4 +31,4 @@ demo: .venv/installed
 	$(PY) -m lora_lab.run experiment=smoke force=true results_dir=outputs/demo
 
 clean:
-	rm -rf outputs multirun .pytest_cache
+	rm -rf outputs multirun .pytest_cache site

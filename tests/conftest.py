@@ -5,9 +5,15 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-import pytest
-import torch
-from transformers import (
+# One thread per test process, set before torch is imported, and inherited by every CLI subprocess a test
+# starts from os.environ: pytest-xdist runs one worker per core, and torch's default of one thread per core
+# in each would oversubscribe the CPU, and the tests' tiny matmuls gain nothing from a second thread.
+for _var in ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS"):
+    os.environ[_var] = "1"
+
+import pytest  # noqa: E402
+import torch  # noqa: E402
+from transformers import (  # noqa: E402
     AutoModelForSequenceClassification,
     BertConfig,
     DistilBertConfig,
@@ -16,7 +22,9 @@ from transformers import (
     Qwen2Config,
 )
 
-from lora_lab.models import FAMILIES
+from lora_lab.models import FAMILIES  # noqa: E402
+
+torch.set_num_threads(1)
 
 REPO = Path(__file__).resolve().parent.parent
 ASSETS = Path(os.environ.get("LORA_LAB_ASSETS", REPO.parent / "shared"))

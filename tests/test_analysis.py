@@ -332,6 +332,7 @@ OUTPUTS = (
 )
 
 
+@pytest.mark.slow
 @requires_assets
 def test_cli_writes_and_regenerates_identical_files(real_results) -> None:
     cli = [
@@ -351,6 +352,7 @@ def test_cli_writes_and_regenerates_identical_files(real_results) -> None:
     assert {name: (real_results / name).read_bytes() for name in OUTPUTS} == before
 
 
+@pytest.mark.slow
 @requires_assets
 def test_each_record_accuracy_is_its_predictions_accuracy(real_results) -> None:
     records = sorted((real_results / "runs").glob("*.json"))
@@ -366,6 +368,7 @@ def test_each_record_accuracy_is_its_predictions_accuracy(real_results) -> None:
     assert len(ids) == 1  # every seed scored on the same reviews, in the same order
 
 
+@pytest.mark.slow
 @requires_assets
 def test_notebook_executes_on_a_results_folder(real_results, monkeypatch) -> None:
     notebook = nbformat.read(REPO / "notebooks" / "ablation.ipynb", as_version=4)

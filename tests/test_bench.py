@@ -112,6 +112,7 @@ def test_frozen_bytes_count_a_4bit_base_as_packed_weights_and_scales() -> None:
     assert 4 * linears - linears / 2 - linears / 16 - 1024 * layers < saved < 4 * linears - linears / 2
 
 
+@pytest.mark.slow
 def test_memory_bench_measures_qlora_beside_the_float_floor_in_fresh_processes(tmp_path) -> None:
     pytest.importorskip("bitsandbytes")
     out = tmp_path / "bench.json"

@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 from conftest import ASSETS, requires_assets
 
-pytestmark = requires_assets
+pytestmark = [requires_assets, pytest.mark.slow]
 SWEEP = ["-m", "experiment=smoke", "seed=0,1", "trainer.num_threads=1", "trainer.progress=false"]
 TIMING = ("finished_at", "wall_s", "load_s", "train_wall_s", "eval_wall_s", "train_examples_per_s")
 TIMING += ("train_tokens_per_s", "peak_memory_mb")

@@ -190,6 +190,7 @@ def test_save_refuses_merged_and_plain_models(tmp_path) -> None:
     assert not (tmp_path / "a" / "adapter_model.safetensors").exists()
 
 
+@pytest.mark.slow
 def test_distilbert_reference_table() -> None:
     """The seven rows of the reference table, built from DistilBertConfig() with no download."""
     rows = params.row_counts(["model=distilbert"])

@@ -85,6 +85,7 @@ def test_a_head_that_reads_every_position_is_refused_in_one_line() -> None:
         methods.prepare(tiny_model("llama"), compose(["method=head_only_cached"]))
 
 
+@pytest.mark.slow
 @requires_assets
 def test_seeds_of_real_minilm_share_the_encoded_evaluation_reviews(tmp_path, token_cache) -> None:  # noqa: F811
     cache = tmp_path / "cache"

@@ -52,6 +52,7 @@ def records(tmp_path: Path, experiment: str = "default") -> list[dict]:
     return [json.loads(p.read_text()) for p in runs]
 
 
+@pytest.mark.slow
 def test_rank_sweep_writes_three_records(tmp_path, token_cache) -> None:
     out = cli(tmp_path, token_cache, "-m", "rank=4,8,16", *TINY_RUN)
     assert out.returncode == 0, out.stderr[-2000:]
@@ -66,6 +67,7 @@ def test_rank_sweep_writes_three_records(tmp_path, token_cache) -> None:
         assert (tmp_path / "results" / "default" / "runs" / r["name"] / "adapter_model.safetensors").is_file()
 
 
+@pytest.mark.slow
 def test_ours_and_peft_give_the_same_curve_without_dropout(tmp_path, token_cache) -> None:
     out = cli(tmp_path, token_cache, "-m", *TINY_RUN, "impl=ours,peft", "dropout=0", "trainer.epochs=2")
     assert out.returncode == 0, out.stderr[-2000:]
@@ -77,6 +79,7 @@ def test_ours_and_peft_give_the_same_curve_without_dropout(tmp_path, token_cache
     assert ours["trainable_params"] == peft["trainable_params"]
 
 
+@pytest.mark.slow
 def test_ours_and_peft_agree_with_dropout_on_real_minilm(tmp_path, token_cache) -> None:
     out = cli(
         tmp_path,
@@ -98,6 +101,7 @@ def test_ours_and_peft_agree_with_dropout_on_real_minilm(tmp_path, token_cache) 
     assert abs(ours["accuracy"] - peft["accuracy"]) <= 0.12, (ours["accuracy"], peft["accuracy"])
 
 
+@pytest.mark.slow
 def test_resume_skips_complete_runs_and_force_reruns(tmp_path, token_cache) -> None:
     first = cli(tmp_path, token_cache, "experiment=smoke")
     assert first.returncode == 0, first.stderr[-2000:]
@@ -123,6 +127,7 @@ def reviews(folder: Path, word: str) -> Path:
     return folder
 
 
+@pytest.mark.slow
 def test_a_finished_run_counts_only_on_the_data_it_ran_on(tmp_path, token_cache) -> None:
     folder = tmp_path / "reviews"
     setting = [
@@ -194,6 +199,7 @@ def wandb_inspect(run_dir: Path, *flags: str) -> str:
     return out.stdout.decode()
 
 
+@pytest.mark.slow
 def test_each_sweep_job_writes_an_offline_wandb_run_that_wandb_reads_back(tmp_path, token_cache) -> None:
     out = cli(
         tmp_path, token_cache, "-m", "experiment=smoke", "rank=4,8", "logger=wandb", "logger.mode=offline"

@@ -67,6 +67,7 @@ def test_config_id_is_shared_by_seeds_only() -> None:
     assert record.id_of_config() == store.config_id(cfg)  # computed from the stored config alike
 
 
+@pytest.mark.slow
 def test_each_studys_committed_records_keep_the_names_its_sweep_composes() -> None:
     """A change to the configs or the identity that would make a study rerun its finished runs fails here."""
     composed: dict[str, set[str]] = {}  # a results folder: the names its experiments' sweeps compose

@@ -47,6 +47,7 @@ def shrunk(words: list[str], comment: str) -> list[str]:
     return kept + TINY + (ONE_SEED_ONE_IMPL if study else [])
 
 
+@pytest.mark.slow
 def test_readme_commands_run_in_order(tmp_path) -> None:
     commands = readme_commands()
     assert len(commands) >= 8, "the README's block of commands went missing"
