@@ -29,7 +29,8 @@ import torch
 from omegaconf import DictConfig
 from torch import nn
 
-from lora_lab import allocator, assets, config, dropout, lora, methods, models, params, quant
+from lora_lab import allocator, assets, config, dropout, lora, methods, models, params, quant, store
+from lora_lab.atomic import write_text_atomic
 from lora_lab.train import (
     DTYPES,
     PRECISIONS,
@@ -458,10 +459,19 @@ def main(argv: list[str] | None = None) -> None:
         "own thresholds (not for --e2e, whose runner always keeps it)",
     )
     parser.add_argument(
-        "--out", type=Path, help="JSON file (default: results/bench/<model>_<device>_b<batch>_s<seq>.json)"
+        "--out",
+        type=Path,
+        help="JSON file (default: outputs/bench/<model>_<device>_b<batch>_s<seq>.json, which git ignores; "
+        "results/bench/ holds the committed ones, written only when named here)",
     )
     argv = sys.argv[1:] if argv is None else argv
     args = parser.parse_args(argv)
+    least = {"batch": 1, "seq": 2, "rank": 1, "rounds": 1, "warmup": 0, "threads": 1}
+    least |= {"train_size": 1, "eval_size": 1, "epochs": 1}
+    for name, low in least.items():  # before anything is built, as the runner checks its settings
+        value = getattr(args, name)
+        if value is not None and value < low:
+            parser.error(f"--{name.replace('_', '-')} {value}: use a whole number >= {low}")
     models.quiet_libraries()
     if args.allocator == "kept":
         args.allocator = "kept" if allocator.keep_freed_memory() else "glibc (no glibc, or MALLOC_* set)"
@@ -486,6 +496,7 @@ def main(argv: list[str] | None = None) -> None:
         f"{device.type}, {torch.get_num_threads()} threads, variants {args.order}, allocator {args.allocator}"
     )
     result = {"setup": setup, "args": {k: v for k, v in vars(args).items() if k != "out"}}
+    result["provenance"] = {**store.provenance(), "date": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
     if args.e2e:
         result["end_to_end"] = bench_e2e(args)
     else:
@@ -504,9 +515,9 @@ def main(argv: list[str] | None = None) -> None:
         else f"b{args.batch}_s{args.seq}_{args.precision}{'_ckpt' if args.checkpointing else ''}"
         f"{'_nf4' if args.quant else ''}"
     )
-    out = args.out or Path("results/bench") / f"{args.model}_{device.type}_{kind}.json"
+    out = args.out or Path("outputs/bench") / f"{args.model}_{device.type}_{kind}.json"
     out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(result, indent=2) + "\n")
+    write_text_atomic(out, json.dumps(result, indent=2) + "\n")
     print(f"wrote {out}")
 
 

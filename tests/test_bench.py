@@ -95,6 +95,38 @@ def test_bench_command_writes_every_variant(tmp_path) -> None:
     merged = {f"{v} merged" for v in variants if v.endswith(("qv_r8", "ia3"))}  # LoRA and IA3 fold in
     assert set(result["inference_s"]) == {"base", *(f"{v} unmerged" for v in variants), *merged}
     assert all(t > 0 for t in result["train_step_s"].values())
+    assert set(result["provenance"]) >= {"git_commit", "git_dirty", "versions", "machine", "date"}
+
+
+def test_the_bench_writes_into_an_ignored_folder_unless_told(tmp_path, monkeypatch) -> None:
+    """Its defaults once overwrote a committed results/bench/ file: now they land under outputs/."""
+    monkeypatch.chdir(tmp_path)
+    bench.main(
+        [
+            "--model",
+            "tiny_bert",
+            "--batch",
+            "2",
+            "--seq",
+            "16",
+            "--rounds",
+            "1",
+            "--warmup",
+            "0",
+            "--methods",
+            "qv_r8",
+        ]
+    )
+    assert [p.parent.name for p in tmp_path.rglob("*.json")] == ["bench"]
+    assert next(tmp_path.rglob("*.json")).parent.parent.name == "outputs"
+
+
+@pytest.mark.parametrize("flag", [["--batch", "0"], ["--seq", "1"], ["--rank", "0"], ["--rounds", "0"]])
+def test_numeric_flags_out_of_range_are_one_line_before_any_work(tmp_path, flag, capsys) -> None:
+    with pytest.raises(SystemExit) as exit_:
+        bench.main([*flag, "--out", str(tmp_path / "b.json")])
+    assert exit_.value.code == 2 and f"{flag[0]} {flag[1]}: use a whole number >=" in capsys.readouterr().err
+    assert not (tmp_path / "b.json").exists()
 
 
 def test_frozen_bytes_count_a_4bit_base_as_packed_weights_and_scales() -> None:

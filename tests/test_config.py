@@ -120,4 +120,5 @@ def test_the_readme_names_every_option_of_each_config_group(group: str) -> None:
     row = next(line for line in text.splitlines() if line.startswith(f"| `{group}=` |"))
     files = {p.stem for p in (config.CONF_DIR / group).glob("*.yaml")}
     assert files, f"conf/{group}/ has no options"
-    assert not files - set(re.findall(r"`(\w+)`", row)), "these are missing from docs/configuration.md's table"
+    missing = files - set(re.findall(r"`(\w+)`", row))
+    assert not missing, "these are missing from docs/configuration.md's table"
