@@ -88,6 +88,11 @@ def run(cfg: DictConfig) -> dict | None:
     model, train_set, eval_set = method.inputs(model, train_set, eval_set, cfg)
     label = method.label(cfg)
     impl = method.impl(cfg)
+    if impl != cfg.impl:  # a sweep over impl=ours,peft meets rows with one implementation, or none
+        print(
+            f"[lora-lab] {name}: impl={cfg.impl} does not apply to method={cfg.method.kind}; it runs "
+            f"{impl or 'without an implementation choice'}, and its record says impl={impl}"
+        )
     print(
         f"[lora-lab] {name}: {label}, impl={impl or 'none'}, trainable {trainable:,} of {total:,} "
         f"({100 * trainable / total:.2f}%), {len(train_set)} train / {len(eval_set)} eval examples"
@@ -168,7 +173,10 @@ def run(cfg: DictConfig) -> dict | None:
         publish_adapter(staged, path.with_suffix(""))
     result = f"accuracy {record['accuracy']:.4f}" if record["status"] == "complete" else record["reason"]
     if record.get("collapsed"):
-        hint = "expected of tiny runs like experiment=smoke; in a real run, try a lower learning rate"
+        hint = (
+            "expected of tiny runs like experiment=smoke; in a real run, check its learning rate (a "
+            "rate too high collapses a run, one too low leaves it at chance): pilot it on data.eval_split=dev"
+        )
         result += f" (collapsed: {record['collapsed']}; {hint})"
     print(f"[lora-lab] {name}: {record['status']}: {result} -> {path}")
     return record

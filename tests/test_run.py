@@ -466,3 +466,16 @@ def test_the_default_model_without_hub_says_what_works_here(tmp_path, token_cach
     assert out.returncode == 2
     assert "the Hugging Face Hub is unreachable" in out.stderr and "model=minilm" in out.stderr
     assert "HF_HUB_OFFLINE=1" in out.stderr and "Retrying" not in out.stderr + out.stdout
+
+
+def test_an_impl_a_method_does_not_have_is_said_and_recorded(
+    tmp_path, token_cache, monkeypatch, capsys
+) -> None:
+    """A sweep over impl=ours,peft meets rows with one implementation: the run says which one it ran."""
+    from lora_lab import config
+
+    monkeypatch.setenv("LORA_LAB_ASSETS", str(ASSETS))
+    overrides = [*TINY_RUN, "method=houlsby", "impl=peft", f"results_dir={tmp_path}", "trainer.max_steps=1"]
+    record = run.run(config.compose([*overrides, f"data.cache_dir={token_cache}"]))
+    assert record["impl"] == "ours"
+    assert "impl=peft does not apply to method=bottleneck; it runs ours" in capsys.readouterr().out
