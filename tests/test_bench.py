@@ -65,30 +65,26 @@ def test_sequential_order_holds_one_variant_at_a_time(order) -> None:
     assert max(most) == (1 if order == "sequential" else 3)
 
 
+# A bench in seconds: a tiny random BERT, one round; the variants follow `--methods`.
+TINY_BENCH = [
+    "--model",
+    "tiny_bert",
+    "--batch",
+    "2",
+    "--seq",
+    "16",
+    "--rounds",
+    "1",
+    "--warmup",
+    "0",
+    "--methods",
+]
+
+
 @requires_assets
 def test_bench_command_writes_every_variant(tmp_path) -> None:
     out = tmp_path / "bench.json"
-    bench.main(
-        [
-            "--model",
-            "tiny_bert",
-            "--batch",
-            "2",
-            "--seq",
-            "16",
-            "--rounds",
-            "1",
-            "--warmup",
-            "0",
-            "--methods",
-            "qv_r8",
-            "ia3",
-            "houlsby",
-            "full",
-            "--out",
-            str(out),
-        ]
-    )
+    bench.main([*TINY_BENCH, "qv_r8", "ia3", "houlsby", "full", "--out", str(out)])
     result = json.loads(out.read_text())
     variants = {"ours:qv_r8", "peft:qv_r8", "ours:ia3", "peft:ia3", "houlsby", "full"}
     assert set(result["train_step_s"]) == {"floor", *variants}
@@ -101,22 +97,7 @@ def test_bench_command_writes_every_variant(tmp_path) -> None:
 def test_the_bench_writes_into_an_ignored_folder_unless_told(tmp_path, monkeypatch) -> None:
     """Its defaults once overwrote a committed results/bench/ file: now they land under outputs/."""
     monkeypatch.chdir(tmp_path)
-    bench.main(
-        [
-            "--model",
-            "tiny_bert",
-            "--batch",
-            "2",
-            "--seq",
-            "16",
-            "--rounds",
-            "1",
-            "--warmup",
-            "0",
-            "--methods",
-            "qv_r8",
-        ]
-    )
+    bench.main([*TINY_BENCH, "qv_r8"])
     assert [p.parent.name for p in tmp_path.rglob("*.json")] == ["bench"]
     assert next(tmp_path.rglob("*.json")).parent.parent.name == "outputs"
 
