@@ -21,3 +21,10 @@ def write_atomic(path: str | os.PathLike, write: Callable[[str], object]) -> Pat
 
 def write_text_atomic(path: str | os.PathLike, text: str) -> Path:
     return write_atomic(path, lambda tmp: Path(tmp).write_text(text))
+
+
+def write_bytes_atomic(path: str | os.PathLike, data: bytes) -> Path:
+    """Bytes serialised in memory first: Python's own file write then reports a full disk as OSError (ENOSPC),
+    which the runner turns into one line; safetensors' and torch.save's writers report it as unrelated
+    RuntimeErrors."""
+    return write_atomic(path, lambda tmp: Path(tmp).write_bytes(data))

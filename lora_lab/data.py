@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
+import io
 import json
 import re
 import sys
@@ -22,7 +23,7 @@ from tqdm.auto import tqdm
 from transformers import PreTrainedTokenizerBase
 
 from lora_lab import assets
-from lora_lab.atomic import write_atomic
+from lora_lab.atomic import write_bytes_atomic
 from lora_lab.config import is_int, require
 
 SPLITS = ("train", "test")
@@ -215,8 +216,15 @@ def tokenize(
     )
     path.parent.mkdir(parents=True, exist_ok=True)
     tensors = {"ids": encoded.ids, "offsets": encoded.offsets, "labels": encoded.labels}
-    write_atomic(path, lambda tmp: torch.save(tensors, tmp))
+    save_tensors(path, tensors)
     return dataclasses.replace(encoded, example_ids=example_ids)
+
+
+def save_tensors(path: Path, tensors: object) -> Path:
+    """torch.save into a disk cache, atomically, with a full disk reported as OSError (write_bytes_atomic)."""
+    buffer = io.BytesIO()
+    torch.save(tensors, buffer)
+    return write_bytes_atomic(path, buffer.getvalue())
 
 
 def _read_cache(path: Path, examples: int) -> Encoded | None:

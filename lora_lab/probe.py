@@ -19,8 +19,7 @@ from torch import nn
 from torch.nn import functional as F
 from transformers.modeling_outputs import SequenceClassifierOutput
 
-from lora_lab.atomic import write_atomic
-from lora_lab.data import Encoded
+from lora_lab.data import Encoded, save_tensors
 from lora_lab.train import autocast, in_order
 
 
@@ -104,7 +103,7 @@ def cached(
         if features is None:
             features = encode(model, head, data, batch_size, pad_id, device, precision, progress)
             path.parent.mkdir(parents=True, exist_ok=True)
-            write_atomic(path, lambda tmp, f=features: torch.save(f, tmp))
+            save_tensors(path, features)
         out.append(dataclasses.replace(data, features=features))
     return out
 

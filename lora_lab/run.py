@@ -191,8 +191,10 @@ def stage_adapter(
     staged = Path(tempfile.mkdtemp(prefix=f".{folder.name}.", suffix=".partial", dir=folder.parent))
     try:
         kept = method.save(model, staged, base_name)
-    except BaseException:
+    except BaseException as err:
         shutil.rmtree(staged, ignore_errors=True)
+        if not isinstance(err, OSError) and "No space left on device" in str(err):  # PEFT's safetensors writer
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(folder.parent)) from err
         raise
     if kept is None:
         shutil.rmtree(staged, ignore_errors=True)

@@ -12,9 +12,11 @@ import sys
 from pathlib import Path
 
 import pandas as pd
+import peft.peft_model
 import pytest
 from conftest import ASSETS, TINY_RUN, requires_assets
 from hydra.core.global_hydra import GlobalHydra
+from safetensors import SafetensorError
 
 from lora_lab import assets, run
 from lora_lab.lora import adapter_io
@@ -383,13 +385,23 @@ def disk_full(path: object) -> OSError:
 
 def fill_disk_at(where: str, monkeypatch) -> None:
     """Make the disk fill up halfway through writing the run's adapter, predictions or record."""
-    if where == "adapter":
+    if where == "adapter":  # Python's own write, as our adapter writer makes it
+        write_bytes = Path.write_bytes
+
+        def half_an_adapter(path: Path, data: bytes) -> int:
+            if path.name.startswith(f".{adapter_io.WEIGHTS_FILE}."):
+                write_bytes(path, data[: len(data) // 2])
+                raise disk_full(path)
+            return write_bytes(path, data)
+
+        monkeypatch.setattr(Path, "write_bytes", half_an_adapter)
+    elif where == "peft adapter":  # what PEFT's safetensors writer raises on a full disk (not an OSError)
 
         def save_file(tensors, filename, metadata=None) -> None:
             Path(filename).write_bytes(b"half an adapter")
-            raise disk_full(filename)
+            raise SafetensorError("Error while serializing: I/O error: No space left on device (os error 28)")
 
-        monkeypatch.setattr(adapter_io, "save_file", save_file)
+        monkeypatch.setattr(peft.peft_model, "safe_save_file", save_file)
     elif where == "predictions":
 
         def to_parquet(frame, path, **kwargs) -> None:
@@ -409,10 +421,11 @@ def fill_disk_at(where: str, monkeypatch) -> None:
         monkeypatch.setattr(Path, "write_text", half_a_record)
 
 
-@pytest.mark.parametrize("where", ["adapter", "predictions", "record"])
+@pytest.mark.parametrize("where", ["adapter", "peft adapter", "predictions", "record"])
 def test_a_full_disk_leaves_nothing_half_written(tmp_path, token_cache, monkeypatch, capsys, where) -> None:
     fill_disk_at(where, monkeypatch)
-    assert in_process(tmp_path, token_cache, monkeypatch, TINY_RUN) == 2
+    args = [*TINY_RUN, "impl=peft"] if where == "peft adapter" else TINY_RUN
+    assert in_process(tmp_path, token_cache, monkeypatch, args) == 2
     [line] = capsys.readouterr().err.strip().splitlines()
     assert (
         line.startswith("error: no space left on the device writing into ") and "same command again" in line

@@ -15,10 +15,10 @@ import os
 from pathlib import Path
 
 import torch
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load_file, save
 from torch import nn
 
-from lora_lab.atomic import write_atomic, write_text_atomic
+from lora_lab.atomic import write_bytes_atomic, write_text_atomic
 from lora_lab.lora.inject import apply_lora, lora_layers, name_matches, resolve_targets
 from lora_lab.lora.layer import layer_class, linear_shape
 from lora_lab.lora.settings import LoRASettings, from_peft, to_peft
@@ -88,7 +88,7 @@ def save_adapter(
         "inference_mode": True,
     }
     tensors = {k: v.contiguous().cpu() for k, v in state.items()}
-    write_atomic(path / WEIGHTS_FILE, lambda tmp: save_file(tensors, tmp, metadata={"format": "pt"}))
+    write_bytes_atomic(path / WEIGHTS_FILE, save(tensors, metadata={"format": "pt"}))
     write_text_atomic(path / CONFIG_FILE, json.dumps(config, indent=2) + "\n")
     return path
 
