@@ -29,21 +29,19 @@ import torch
 from omegaconf import DictConfig
 from torch import nn
 
-from lora_lab import allocator, assets, config, dropout, lora, methods, models, params, quant, store
+from lora_lab import allocator, assets, config, methods, models, params, store
 from lora_lab.atomic import write_text_atomic
-from lora_lab.train import (
-    DTYPES,
+from lora_lab.build import build_model
+from lora_lab.hardware import (
     PRECISIONS,
     autocast,
-    enable_checkpointing,
-    optimizer_for,
     peak_memory_mb,
     pick_cheap_dropout,
     pick_device,
     pick_precision,
     reset_peak_memory,
-    train_step,
 )
+from lora_lab.train import enable_checkpointing, optimizer_for, train_step
 
 GRAD_CLIP = config.compose().trainer.grad_clip  # the runner's default, so a step here is a step there
 
@@ -57,6 +55,8 @@ def variant_config(args: argparse.Namespace, variant: str) -> DictConfig:
     overrides += [f"impl={impl}"] if impl else []
     cfg = config.compose(overrides)
     cfg.quant = args.quant or cfg.quant  # --quant puts every variant on an NF4 base; a QLoRA row its own
+    cfg.trainer.precision, cfg.trainer.cheap_dropout = args.precision, args.cheap_dropout  # resolved in main
+    cfg.data.max_length = args.seq
     return cfg
 
 
@@ -64,15 +64,9 @@ def build(args: argparse.Namespace, variant: str) -> tuple[nn.Module, methods.Me
     """A model prepared as `variant`, and its method."""
     torch.manual_seed(0)
     cfg = variant_config(args, variant)
-    # Decoders pool on the last non-pad token; the fake batches never contain id 0.
-    model = models.load_model(cfg.model, pad_token_id=0)
-    if args.cheap_dropout:
-        dropout.install(model)
-    if cfg.quant:
-        quant.quantize_nf4(model, cfg.double_quant, DTYPES[args.precision])
+    model = build_model(cfg, pad_token_id=0)  # decoders pool on the last non-pad token; fake batches: no 0
     if variant == "floor":  # head-only, plus gradients flowing back through the whole frozen stack
         model.get_input_embeddings().register_forward_hook(lambda _m, _i, out: out.requires_grad_(True))
-    model = lora.use_cheap_dropout(methods.prepare(model, cfg), args.cheap_dropout)
     if args.checkpointing:  # as trainer.gradient_checkpointing does it
         enable_checkpointing(model)
     return model, methods.of(cfg)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import difflib
 import os
+import re
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -81,15 +82,38 @@ ADDABLE = (
 
 
 def check_additions(arguments: list[str]) -> None:
-    """Refuse `+key=value` for a key no module reads, naming the closest real setting."""
+    """Refuse `+key=value` for a key no module reads, naming the closest real setting; `++key=value` (add or
+    override) is fine for a key that exists."""
     for argument in arguments:
         key = argument.split("=", 1)[0]
-        name = key.lstrip("+")
-        if key == name or name.startswith("hydra") or name in ADDABLE:
+        name = key.lstrip("+~")
+        if key == name or name.startswith("hydra") or addable(name):
             continue
-        close = difflib.get_close_matches(name, setting_names(), n=1)  # composed only for a refusal
-        hint = f"did you mean {close[0]}=...?" if close else "see the README's settings table"
-        raise ValueError(f"{key}: lora-lab reads no setting {name!r}, so it would change nothing; {hint}")
+        if key.startswith("++") and name in setting_names():
+            continue
+        raise ValueError(f"{key}: {unknown_setting(name)}")
+
+
+def addable(name: str) -> bool:
+    """Whether `+name=...` adds a key a module reads: one of ADDABLE, or a key inside one (model.config.*)."""
+    return any(name == a or name.startswith(f"{a}.") for a in ADDABLE)
+
+
+def unknown_setting(name: str) -> str:
+    """Why `name=...` is refused, with the closest real setting (the default config is composed only here, on
+    the way to a refusal)."""
+    close = difflib.get_close_matches(name, setting_names(), n=1)
+    hint = f"did you mean {close[0]}=...?" if close else "docs/configuration.md lists the settings"
+    return f"lora-lab reads no setting {name!r}, so it would change nothing; {hint}"
+
+
+def hydra_message(err: BaseException) -> str | None:
+    """Hydra's own words where they mislead, rewritten: it suggests `+key=value` for a key that is not in the
+    config, which the runner then refuses unless the key is one a module reads (model.config.*, ...)."""
+    overridden = re.match(r"Could not override '([^']+)'", str(err))
+    if overridden and not addable(overridden.group(1)):
+        return f"{overridden.group(1)}: {unknown_setting(overridden.group(1))}"
+    return None
 
 
 def is_int(value: object) -> bool:
@@ -112,6 +136,8 @@ def fail(err: BaseException) -> None:
         raise err
     if isinstance(err, MissingConfigException) and err.options:  # e.g. model=nope
         message = f"{str(err).splitlines()[0]}; choose one of: {', '.join(err.options)}"
+    elif hydra_message(err):  # e.g. trainer.epoch=1
+        message = hydra_message(err)
     elif isinstance(err, OverrideParseException):  # e.g. rank=[
         message = f"cannot parse the override {err.override!r}: {err.message.splitlines()[0]}"
     else:

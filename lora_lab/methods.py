@@ -22,7 +22,7 @@ from lora_lab.data import Encoded
 from lora_lab.lora.inject import name_matches
 from lora_lab.lora.layer import RANDOM_INITS, random_a
 from lora_lab.lora.settings import INITS, LoRASettings
-from lora_lab.models import family_of
+from lora_lab.models import FAMILIES, family_of
 
 IMPLS = ("ours", "peft")
 TARGET_LABELS = {"qv": "Q+V", "attn": "All Attention", "attn_ffn": "All Attention+FFN"}
@@ -195,6 +195,14 @@ class LoRA(Method):
         ok = ratio is None or (is_number(ratio) and ratio > 0)
         require(ok, "lora_plus_ratio", ratio, "B's learning rate over A's (> 0; LoRA+ uses 16), or null")
         lora_settings(cfg).check()  # rank, alpha, dropout, flags: before any model loads
+        targets = cfg.method.targets
+        if not isinstance(targets, str) and len(targets) == 0:
+            model_type = cfg.model.get("model_type")
+            family = FAMILIES.get(model_type)
+            qv = f"[{','.join(family.targets['qv'])}] ({model_type}'s query and value)" if family else "[...]"
+            raise ValueError(
+                f"method.targets=[] adapts nothing; name the modules to adapt, e.g. method.targets={qv}"
+            )
 
     def prepare(self, model: nn.Module, cfg: DictConfig) -> nn.Module:
         family = family_of(model)

@@ -20,6 +20,7 @@ from transformers import (
     AutoConfig,
     AutoModelForSequenceClassification,
     AutoTokenizer,
+    PretrainedConfig,
     PreTrainedTokenizerBase,
 )
 
@@ -130,6 +131,10 @@ def gguf_file(cfg: DictConfig, source: str) -> str | None:
     """The GGUF file to read: `cfg.gguf_file` (a file in a Hub repo or folder), else the one .gguf file of a
     local folder, else None (safetensors or other formats transformers finds itself)."""
     if cfg.get("gguf_file"):
+        folder = Path(source)
+        if folder.is_dir() and not (folder / cfg.gguf_file).is_file():
+            there = ", ".join(f.name for f in sorted(folder.glob("*.gguf"))) or "no .gguf file"
+            raise FileNotFoundError(f"model.gguf_file={cfg.gguf_file!r} is not in {folder}; it holds {there}")
         return cfg.gguf_file
     found = sorted(Path(source).glob("*.gguf")) if Path(source).is_dir() else []
     if len(found) > 1:
@@ -187,32 +192,33 @@ def _offline_hint() -> str:
     return f"set {assets.ENV_VAR} to a folder holding models/<name>/ (e.g. ../shared, then model=minilm)"
 
 
-def load_model(cfg: DictConfig, num_labels: int = 2, pad_token_id: int | None = None) -> nn.Module:
-    """A sequence classifier: pretrained weights when `cfg.pretrained`, else random init from the config."""
+def load_config(cfg: DictConfig, num_labels: int = 2) -> PretrainedConfig:
+    """The model's config alone (no weights): its shapes, for checks that must not wait for the weights."""
     overrides = OmegaConf.to_container(cfg.config, resolve=True) if cfg.get("config") else {}
     on_disk = assets.on_disk(cfg.name, cfg.get("local"))
     try:
         if not cfg.pretrained and on_disk is None and cfg.get("model_type"):
             # The architecture from model_type's defaults: DistilBertConfig() is distilbert-base-uncased,
             # so the reference table needs no download.
-            config = AutoConfig.for_model(cfg.model_type, num_labels=num_labels, **overrides)
-            model = AutoModelForSequenceClassification.from_config(config)
-        else:
-            source = on_disk or assets.resolve(cfg.name, cfg.get("local"), "model", _offline_hint)
-            gguf = gguf_file(cfg, source)
-            if cfg.pretrained:
-                model = AutoModelForSequenceClassification.from_pretrained(
-                    source, num_labels=num_labels, gguf_file=gguf, **overrides
-                )
-            else:
-                config = AutoConfig.from_pretrained(
-                    source, num_labels=num_labels, gguf_file=gguf, **overrides
-                )
-                model = AutoModelForSequenceClassification.from_config(config)
+            return AutoConfig.for_model(cfg.model_type, num_labels=num_labels, **overrides)
+        source = on_disk or assets.resolve(cfg.name, cfg.get("local"), "model", _offline_hint)
+        gguf = gguf_file(cfg, source)
+        return AutoConfig.from_pretrained(source, num_labels=num_labels, gguf_file=gguf, **overrides)
     except OSError as err:
         raise FileNotFoundError(
             f"model {cfg.name!r}: {assets.describe_lookup(cfg.name, cfg.get('local'))}"
         ) from err
+
+
+def load_model(cfg: DictConfig, num_labels: int = 2, pad_token_id: int | None = None) -> nn.Module:
+    """A sequence classifier: pretrained weights when `cfg.pretrained`, else random init from the config."""
+    config = load_config(cfg, num_labels)
+    if cfg.pretrained:  # load_config found the files (or raised), so the weights are beside the config
+        source = assets.on_disk(cfg.name, cfg.get("local")) or cfg.name
+        gguf = gguf_file(cfg, source)
+        model = AutoModelForSequenceClassification.from_pretrained(source, config=config, gguf_file=gguf)
+    else:
+        model = AutoModelForSequenceClassification.from_config(config)
     if pad_token_id is not None and model.config.pad_token_id is None:
         model.config.pad_token_id = pad_token_id  # decoders pool on the last non-pad token
     return model

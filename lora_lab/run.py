@@ -6,6 +6,7 @@ python -m lora_lab.run -m rank=4,8,16 model=minilm data.train_size=200 data.eval
 
 from __future__ import annotations
 
+import dataclasses
 import errno
 import os
 import shutil
@@ -18,18 +19,20 @@ from pathlib import Path
 import hydra
 import pandas as pd
 import torch
-from omegaconf import DictConfig
+from omegaconf import DictConfig, OmegaConf
+from transformers import PreTrainedTokenizerBase
 
-from lora_lab import allocator, config, data, dropout, lora, methods, models, params, quant, store, train
+from lora_lab import allocator, config, data, hardware, methods, models, params, store, tracking, train
+from lora_lab.build import build_model, check_shapes
 from lora_lab.config import USER_ERRORS, fail, is_int, require
-from lora_lab.train import NonFiniteLoss, fit, pick_cheap_dropout, pick_device, pick_precision
+from lora_lab.train import NonFiniteLoss, fit
 
 
 def check(cfg: DictConfig) -> None:
     """Every setting that can be checked without loading anything, so bad input fails in a second."""
     require(is_int(cfg.seed) and 0 <= cfg.seed < 2**32, "seed", cfg.seed, "an integer in [0, 2**32)")
     store.check_outputs(cfg.results_dir, cfg.experiment_name)
-    store.check_logger(cfg.logger)
+    tracking.check_logger(cfg.logger)
     for key in ("force", "double_quant"):
         require(isinstance(cfg[key], bool), key, cfg[key], "true or false")
     methods.check(cfg)
@@ -37,25 +40,68 @@ def check(cfg: DictConfig) -> None:
     data.check(cfg.data)
 
 
-def settle(cfg: DictConfig, device: torch.device) -> None:
+def settle(cfg: DictConfig) -> None:
     """Resolve the `auto` settings that change what a run computes, in place, before its identity is taken."""
+    device = hardware.pick_device(cfg.trainer.device)
     cfg.trainer.device = str(device)  # outside identity; the record says where it ran
-    cfg.trainer.precision = pick_precision(cfg.trainer.precision, device)
-    cfg.trainer.cheap_dropout = pick_cheap_dropout(cfg.trainer.cheap_dropout, device)
+    cfg.trainer.precision = hardware.pick_precision(cfg.trainer.precision, device)
+    cfg.trainer.cheap_dropout = hardware.pick_cheap_dropout(cfg.trainer.cheap_dropout, device)
     # TF32 exists on CUDA only; null there and off elsewhere, so only a run that used it carries it
     cfg.trainer.tf32 = True if cfg.trainer.tf32 and device.type == "cuda" else None
 
 
+@dataclasses.dataclass
+class Job:
+    """A checked, settled config: its run's name, where its record goes, and the data it reads."""
+
+    cfg: DictConfig
+    name: str
+    path: Path
+    train_frame: pd.DataFrame
+    eval_frame: pd.DataFrame
+    inputs: dict  # the data and weights fingerprints: a finished record counts only if it read the same
+    loading: float  # perf_counter when loading began (the record's load_s)
+
+
+@dataclasses.dataclass
+class Prepared:
+    """The model with its method applied, the tokenised sets it runs on, and the record so far."""
+
+    model: torch.nn.Module
+    method: methods.Method
+    tokenizer: PreTrainedTokenizerBase
+    train_set: data.Encoded
+    eval_set: data.Encoded
+    record: dict
+
+
 def run(cfg: DictConfig) -> dict | None:
-    """Train and evaluate one configuration and store its record; None when it was already complete."""
+    """Train and evaluate one configuration and store its record; None when it was already complete.
+
+    The stages, in order: setup (check, settle, name, read the data), prepare (model, method, tokens),
+    train_and_score (the one loop, inside a wandb run when asked), persist (adapter, predictions, record)."""
+    job = setup(cfg)
+    if job is None:
+        return None
+    prepared = prepare(job)
+    with tracking.wandb_run(cfg, job.name) as wandb:
+        predictions = train_and_score(job, prepared)
+        persist(job, prepared, predictions)
+        if wandb is not None:
+            tracking.log_record(wandb, prepared.record, cfg.trainer.log_every)
+    report(job, prepared.record)
+    return prepared.record
+
+
+def setup(cfg: DictConfig) -> Job | None:
+    """The config checked and settled, the run named, the data read; None when the run is complete already."""
     check(cfg)
-    device = pick_device(cfg.trainer.device)
-    settle(cfg, device)
+    settle(cfg)
     name = store.run_name(cfg)
     path = store.run_dir(cfg) / f"{name}.json"
     loading = time.perf_counter()
     train_frame, eval_frame = data.splits(cfg.data, cfg.seed)
-    inputs = {  # what the run reads: a finished record counts only if it read the same
+    inputs = {
         "data": {"train": data.fingerprint(train_frame), "eval": data.fingerprint(eval_frame)},
         "weights": models.weights_of(cfg.model) if cfg.model.pretrained else None,
     }
@@ -65,42 +111,36 @@ def run(cfg: DictConfig) -> dict | None:
     if cfg.trainer.num_threads:
         torch.set_num_threads(cfg.trainer.num_threads)
     allocator.keep_freed_memory()  # here, not in cli(): a launcher's worker process runs only this
+    return Job(cfg, name, path, train_frame, eval_frame, inputs, loading)
 
-    # Model and method first: they check rank, alpha, dropout and targets before any data is tokenised.
+
+def prepare(job: Job) -> Prepared:
+    """Model and method first (they check shapes, rank, alpha and targets before any data is tokenised), then
+    the tokenised sets, and the record's description of the run."""
+    cfg = job.cfg
     tokenizer = models.load_tokenizer(cfg.model)
     torch.manual_seed(cfg.seed)  # the new head's init: the same for every method and impl
-    model = models.load_model(cfg.model, pad_token_id=tokenizer.pad_token_id)
-    shape = model.config  # GPT-2 calls its positions n_positions
-    positions = getattr(shape, "max_position_embeddings", None) or getattr(shape, "n_positions", 0)
-    ok = not positions or cfg.data.max_length <= positions
-    require(ok, "data.max_length", cfg.data.max_length, f"at most the model's {positions} positions")
-    if cfg.trainer.cheap_dropout:
-        dropout.install(model)
-    if cfg.quant:
-        quant.quantize_nf4(model, cfg.double_quant, train.DTYPES[cfg.trainer.precision])
-    model = lora.use_cheap_dropout(methods.prepare(model, cfg), cfg.trainer.cheap_dropout)
+    model = build_model(cfg, pad_token_id=tokenizer.pad_token_id, vocab=len(tokenizer))
     trainable, total = params.count(model)
     train_set, eval_set = (
         data.tokenize(f, tokenizer, cfg.data.max_length, cfg.data.cache_dir, cfg.trainer.progress, cfg.force)
-        for f in (train_frame, eval_frame)
+        for f in (job.train_frame, job.eval_frame)
     )
     method = methods.of(cfg)
     model, train_set, eval_set = method.inputs(model, train_set, eval_set, cfg)
-    label = method.label(cfg)
-    impl = method.impl(cfg)
+    label, impl = method.label(cfg), method.impl(cfg)
     if impl != cfg.impl:  # a sweep over impl=ours,peft meets rows with one implementation, or none
         print(
-            f"[lora-lab] {name}: impl={cfg.impl} does not apply to method={cfg.method.kind}; it runs "
+            f"[lora-lab] {job.name}: impl={cfg.impl} does not apply to method={cfg.method.kind}; it runs "
             f"{impl or 'without an implementation choice'}, and its record says impl={impl}"
         )
     print(
-        f"[lora-lab] {name}: {label}, impl={impl or 'none'}, trainable {trainable:,} of {total:,} "
+        f"[lora-lab] {job.name}: {label}, impl={impl or 'none'}, trainable {trainable:,} of {total:,} "
         f"({100 * trainable / total:.2f}%), {len(train_set)} train / {len(eval_set)} eval examples"
     )
-
     resolved = store.resolved(cfg)
     record = {
-        "name": name,
+        "name": job.name,
         "config_id": store.config_id(cfg),
         "experiment": cfg.experiment_name,
         "label": label,
@@ -111,7 +151,7 @@ def run(cfg: DictConfig) -> dict | None:
         "seed": cfg.seed,
         "model": cfg.model.name,
         "quant": cfg.quant,
-        **inputs,
+        **job.inputs,
         "trainable_params": trainable,
         "total_params": total,
         "trainable_pct": 100 * trainable / total,
@@ -119,51 +159,56 @@ def run(cfg: DictConfig) -> dict | None:
         "eval_examples": len(eval_set),
         "config": resolved,
         **store.provenance(),
+        "load_s": time.perf_counter() - job.loading,
     }
-    record["load_s"] = time.perf_counter() - loading
     store.Record.check_fields(record)  # a field outside the schema fails now, not after hours of training
+    return Prepared(model, method, tokenizer, train_set, eval_set, record)
+
+
+def train_and_score(job: Job, prepared: Prepared) -> pd.DataFrame | None:
+    """The one training loop, then scoring (merged where the method folds); the record takes the metrics or,
+    when the loss stopped being finite, the reason it failed. Returns the predictions of a complete run."""
+    cfg, record, model = job.cfg, prepared.record, prepared.model
+    started = time.time()
+    try:
+        result = fit(
+            model,
+            prepared.train_set,
+            prepared.eval_set,
+            cfg.trainer,
+            cfg.method.lr,
+            cfg.seed,
+            prepared.tokenizer.pad_token_id,
+            pad_left=prepared.tokenizer.padding_side == "left" or prepared.method.pads_left(model),
+            scoring=prepared.method.merged(model, cfg) if cfg.trainer.merge_eval else nullcontext(),
+        )
+        record.update(result.metrics(), status="complete")
+        scored = prepared.eval_set
+        ids = scored.example_ids or [str(i) for i in range(len(scored))]
+        predictions = pd.DataFrame({"example_id": ids, "label": scored.labels.numpy(), **result.predictions})
+    except NonFiniteLoss as err:
+        record.update(status="failed", reason=f"{err}; lower {methods.lr_setting(cfg)} or check the data")
+        predictions = None
+    record["finished_at"] = time.strftime("%Y-%m-%dT%H:%M:%S%z")
+    record["wall_s"] = time.time() - started
+    return predictions
+
+
+def persist(job: Job, prepared: Prepared, predictions: pd.DataFrame | None) -> None:
+    """The adapter, the predictions and the record, all or nothing: a full disk or Ctrl-C part way leaves no
+    adapter or predictions without their record. The adapter is published last, replacing an older one."""
+    cfg, record, path = job.cfg, prepared.record, job.path
     staged = None  # the adapter, written beside its final place until the record is
     try:
-        with store.wandb_run(cfg, name) as wandb:
-            started = time.time()
-            try:
-                metrics = fit(
-                    model,
-                    train_set,
-                    eval_set,
-                    cfg.trainer,
-                    cfg.method.lr,
-                    cfg.seed,
-                    tokenizer.pad_token_id,
-                    pad_left=tokenizer.padding_side == "left" or method.pads_left(model),
-                    scoring=method.merged(model, cfg) if cfg.trainer.merge_eval else nullcontext(),
-                )
-                predictions = metrics.pop("predictions")
-                store.Record.check_fields(metrics)  # before the adapter or predictions are written
-                record.update(metrics, status="complete")
-            except NonFiniteLoss as err:
-                reason = f"{err}; lower {methods.lr_setting(cfg)} or check the data"
-                record.update(status="failed", reason=reason)
-            record["finished_at"] = time.strftime("%Y-%m-%dT%H:%M:%S%z")
-            record["wall_s"] = time.time() - started
-            if record["status"] == "complete" and cfg.trainer.save_adapter:
-                staged = stage_adapter(method, model, path.with_suffix(""), cfg.model.name)
-                if staged:
-                    record["adapter_bytes"] = sum(f.stat().st_size for f in staged.rglob("*") if f.is_file())
-            if wandb is not None:
-                summary = {
-                    k: v for k, v in record.items() if isinstance(v, (int, float, str)) and k != "config"
-                }
-                for step, loss in enumerate(record.get("train_loss_curve", [])):
-                    wandb.log({"train/loss": loss}, step=step * cfg.trainer.log_every)
-                wandb.summary.update(summary)
-        if record["status"] == "complete":
-            ids = eval_set.example_ids or [str(i) for i in range(len(eval_set))]
-            frame = pd.DataFrame({"example_id": ids, "label": eval_set.labels.numpy(), **predictions})
-            record["predictions"] = store.write_predictions(path, frame)
-            record["collapsed"] = store.collapse(frame["pred"], frame["label"])
+        if predictions is not None and cfg.trainer.save_adapter:
+            staged = stage_adapter(prepared.method, prepared.model, path.with_suffix(""), cfg.model.name)
+            if staged:
+                record["adapter_bytes"] = sum(f.stat().st_size for f in staged.rglob("*") if f.is_file())
+        if predictions is not None:
+            record["predictions"] = store.write_predictions(path, predictions)
+            record["collapsed"] = store.collapse(predictions["pred"], predictions["label"])
         store.write(path, store.Record(**record))
-    except BaseException:  # a full disk, Ctrl-C: no adapter or predictions without their record
+    except BaseException:
         if staged:
             shutil.rmtree(staged, ignore_errors=True)
         if "predictions" in record:
@@ -171,6 +216,10 @@ def run(cfg: DictConfig) -> dict | None:
         raise
     if staged:
         publish_adapter(staged, path.with_suffix(""))
+
+
+def report(job: Job, record: dict) -> None:
+    """The run's one closing line: its accuracy (with a hint when it collapsed) or why it failed."""
     result = f"accuracy {record['accuracy']:.4f}" if record["status"] == "complete" else record["reason"]
     if record.get("collapsed"):
         hint = (
@@ -178,8 +227,7 @@ def run(cfg: DictConfig) -> dict | None:
             "rate too high collapses a run, one too low leaves it at chance): pilot it on data.eval_split=dev"
         )
         result += f" (collapsed: {record['collapsed']}; {hint})"
-    print(f"[lora-lab] {name}: {record['status']}: {result} -> {path}")
-    return record
+    print(f"[lora-lab] {job.name}: {record['status']}: {result} -> {job.path}")
 
 
 def stage_adapter(
@@ -193,7 +241,7 @@ def stage_adapter(
         kept = method.save(model, staged, base_name)
     except BaseException as err:
         shutil.rmtree(staged, ignore_errors=True)
-        if not isinstance(err, OSError) and "No space left on device" in str(err):  # PEFT's safetensors writer
+        if not isinstance(err, OSError) and "No space left on device" in str(err):  # PEFT's safetensors
             raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(folder.parent)) from err
         raise
     if kept is None:
@@ -241,6 +289,29 @@ def refuse(err: BaseException) -> None:
     fail(err)
 
 
+def check_sweep(jobs: list[list[str]]) -> None:
+    """Every job's settings, and its data against its model's shapes (from each model's config, read once),
+    before the first job trains."""
+    shapes: dict[str, object] = {}
+    for job in jobs:
+        cfg = config.compose(job)
+        check(cfg)
+        key = OmegaConf.to_yaml(cfg.model)
+        if key not in shapes:
+            shapes[key] = models.load_config(cfg.model)
+        check_shapes(shapes[key], cfg)
+
+
+def multirun_first(argv: list[str]) -> list[str]:
+    """`-m` moved before the overrides: Hydra's parser takes the overrides as one run of arguments, so a `-m`
+    after them would leave the rest unparsed (a usage dump)."""
+    for arg in argv:
+        if arg.startswith(("-m=", "--multirun=")):
+            raise ValueError(f"{arg}: -m (--multirun) takes no value; write -m alone, e.g. -m rank=4,8,16")
+    flags = [a for a in argv if a in ("-m", "--multirun")]
+    return [*flags[:1], *(a for a in argv if a not in flags)]
+
+
 def cli() -> None:
     """`python -m lora_lab.run`: Hydra's main with user errors as one line on stderr and exit code 2.
 
@@ -251,11 +322,12 @@ def cli() -> None:
     store.provenance()  # pin the git commit to the code this process imported
     models.quiet_libraries()
     try:
-        arguments = [a for a in sys.argv[1:] if not a.startswith("-")]
+        sys.argv = [sys.argv[0], *multirun_first(sys.argv[1:])]
+        # overrides are key=value (or ~key); what else is left is Hydra's flags and their values (--cfg job)
+        arguments = [a for a in sys.argv[1:] if not a.startswith("-") and ("=" in a or a.startswith("~"))]
         config.check_additions(arguments)
         if {"-m", "--multirun"} & set(sys.argv[1:]):  # every job's settings, before hours of the first ones
-            for job in config.sweep_jobs(arguments):
-                check(config.compose(job))
+            check_sweep(config.sweep_jobs(arguments))
         main()
     except (*USER_ERRORS, OSError) as err:
         refuse(err)

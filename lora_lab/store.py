@@ -14,8 +14,7 @@ import json
 import os
 import platform
 import subprocess
-from collections.abc import Iterable, Iterator
-from contextlib import contextmanager
+from collections.abc import Iterable
 from functools import cache
 from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
@@ -303,56 +302,3 @@ def _cpu_bf16() -> str:
     """Whether this CPU multiplies bf16 natively: it decides precision=auto and the speed of a run."""
     native = torch.cpu._is_avx512_bf16_supported() or torch.cpu._is_amx_tile_supported()
     return "native" if native else "no native"
-
-
-WANDB_MODES = (None, "online", "offline", "disabled")
-
-
-def check_logger(logger: DictConfig) -> None:
-    """The wandb settings, before anything loads: a run that cannot log as asked stops in one line."""
-    require(isinstance(logger.wandb, bool), "logger.wandb", logger.wandb, "true or false")
-    if not logger.wandb:
-        return
-    require("mode" in logger, "logger.wandb", True, "logger=wandb, which brings wandb's settings with it")
-    require(logger.mode in WANDB_MODES, "logger.mode", logger.mode, "online, offline, disabled or null")
-    if logger.mode == "online" and not _wandb_logged_in():
-        raise ValueError(
-            "logger.mode=online needs a wandb login: run `wandb login` (or set WANDB_API_KEY), or leave "
-            "logger.mode null to log offline and `wandb sync` later"
-        )
-
-
-def _wandb_logged_in() -> bool:
-    import wandb  # imported here: slow to import, and only wandb runs need it
-
-    return bool(wandb.login(prompt=False, verify=False))
-
-
-@contextmanager
-def wandb_run(cfg: DictConfig, name: str) -> Iterator[object | None]:
-    """A wandb run for this job when `logger.wandb`, finished on exit; offline when not logged in."""
-    if not cfg.logger.wandb:
-        yield None
-        return
-    import wandb
-
-    mode = cfg.logger.mode or ("online" if _wandb_logged_in() else "offline")
-    folder = Path(cfg.results_dir) / cfg.experiment_name
-    folder.mkdir(parents=True, exist_ok=True)
-    run = wandb.init(
-        project=cfg.logger.project,
-        entity=cfg.logger.entity,
-        group=cfg.logger.group,
-        name=name,
-        config=resolved(cfg),
-        dir=str(folder),
-        mode=mode,
-        reinit="finish_previous",
-        settings=wandb.Settings(silent=True),  # our own line says where an offline run is
-    )
-    if mode == "offline":
-        print(f"[lora-lab] wandb offline run: {run.dir.removesuffix('/files')} (wandb leet / wandb sync)")
-    try:
-        yield run
-    finally:
-        run.finish()

@@ -2,16 +2,14 @@
 
 from __future__ import annotations
 
-import ctypes
+import dataclasses
 import math
-import resource
 import sys
 import time
-import warnings
 from collections.abc import Iterator
 from contextlib import AbstractContextManager, nullcontext
-from pathlib import Path
 
+import numpy as np
 import torch
 from omegaconf import DictConfig
 from torch import nn
@@ -19,15 +17,11 @@ from tqdm.auto import tqdm
 
 from lora_lab.config import is_int, is_number, require
 from lora_lab.data import Encoded, batches, collate, groups
+from lora_lab.hardware import DTYPES, autocast, gpu_of, grad_scaler, peak_memory_mb, reset_peak_memory
 
 
 class NonFiniteLoss(RuntimeError):
     """The loss became NaN or inf: the run is recorded as failed and the sweep goes on."""
-
-
-PRECISIONS = ("auto", "bf16", "fp16", "fp32")
-DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}  # what autocast computes in
-CHEAP_DROPOUT = ("auto", True, False)
 
 
 def check(cfg: DictConfig) -> None:
@@ -51,56 +45,6 @@ def check(cfg: DictConfig) -> None:
     device = str(cfg.device)
     ok = device in ("auto", "cpu", "cuda") or (device.startswith("cuda:") and device[5:].isdigit())
     require(ok, "trainer.device", cfg.device, "auto, cpu, cuda or cuda:N")
-
-
-def pick_device(name: str) -> torch.device:
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if name.startswith("cuda") and not torch.cuda.is_available():
-        raise ValueError(f"trainer.device={name}, but no CUDA device is visible; use trainer.device=cpu")
-    return torch.device(name)
-
-
-def pick_precision(name: str, device: torch.device) -> str:
-    """trainer.precision resolved to bf16, fp16 or fp32. auto: bf16 where the hardware multiplies bf16
-    natively (GPUs of compute capability 8.0 and up; CPUs with AVX512-BF16 or AMX); fp16 with a gradient
-    scaler on older GPUs (a T4 or V100 only emulates bf16, slowly); fp32 on other CPUs, where emulated bf16 is
-    far slower. torch's own bf16 query counts emulation unless told not to."""
-    require(name in PRECISIONS, "trainer.precision", name, f"one of {PRECISIONS}")
-    native = (
-        torch.cuda.is_bf16_supported(including_emulation=False)
-        if device.type == "cuda"
-        else torch.cpu._is_avx512_bf16_supported() or torch.cpu._is_amx_tile_supported()
-    )
-    if name == "bf16" and device.type == "cpu" and not native:
-        warnings.warn(  # once per process, not once per run of a sweep
-            "trainer.precision=bf16: this CPU has no AVX512-BF16 or AMX, so bf16 is emulated and far slower "
-            "than fp32; trainer.precision=fp32 (or auto) runs faster here",
-            stacklevel=2,
-        )
-    if name != "auto":
-        return name
-    if device.type == "cuda":
-        return "bf16" if native else "fp16"
-    return "bf16" if native else "fp32"
-
-
-def pick_cheap_dropout(setting: str | bool, device: torch.device) -> bool:
-    """trainer.cheap_dropout resolved: auto draws `lora_lab.dropout` masks on the CPU only, where they were
-    measured faster (README, Performance); on CUDA the fused kernels keep their own dropout."""
-    require(setting in CHEAP_DROPOUT, "trainer.cheap_dropout", setting, "auto, true or false")
-    return device.type == "cpu" if setting == "auto" else setting
-
-
-def autocast(device: torch.device, precision: str) -> torch.autocast:
-    """bf16 or fp16 autocast (matmuls in that dtype; weights, gradients and optimizer state stay fp32), or a
-    no-op for fp32."""
-    return torch.autocast(device.type, dtype=DTYPES[precision], enabled=precision != "fp32")
-
-
-def grad_scaler(device: torch.device, precision: str) -> torch.amp.GradScaler:
-    """fp16's loss scaling (its gradients would underflow unscaled); a pass-through for bf16 and fp32."""
-    return torch.amp.GradScaler(device.type, enabled=precision == "fp16")
 
 
 def optimizer_for(
@@ -162,6 +106,31 @@ def train_step(
     return loss.detach()
 
 
+@dataclasses.dataclass(frozen=True)
+class Fit:
+    """What `fit` measured: the run record's metrics (`metrics()`, store.Record's fields of those names), and
+    each evaluation example's prediction, which goes to its own file."""
+
+    accuracy: float
+    macro_f1: float
+    eval_loss: float
+    eval_examples: int
+    eval_wall_s: float
+    precision: str
+    train_loss_curve: list[float]
+    steps: int
+    train_wall_s: float
+    train_examples_per_s: float | None
+    train_tokens_per_s: float | None
+    peak_memory_mb: float
+    peak_memory_of: str
+    gpu: dict | None
+    predictions: dict[str, np.ndarray]  # "pred" (label) and "prob_pos", in the evaluation set's order
+
+    def metrics(self) -> dict:
+        return {f.name: getattr(self, f.name) for f in dataclasses.fields(self) if f.name != "predictions"}
+
+
 def fit(
     model: nn.Module,
     train: Encoded,
@@ -172,15 +141,16 @@ def fit(
     pad_id: int,
     pad_left: bool = False,
     scoring: AbstractContextManager | None = None,
-) -> dict:
+) -> Fit:
     """Train `model` on `train`, evaluate on `evaluation` inside `scoring` (e.g. the method's merged
     weights); returns the metrics a run record keeps.
 
     `cfg` is the trainer config. Raises NonFiniteLoss when the loss stops being finite; the loss is read
     (and checked) once per `log_every` steps, so a GPU is not made to wait every step.
     """
-    device = pick_device(cfg.device)
-    precision = pick_precision(cfg.precision, device)
+    if cfg.device == "auto" or cfg.precision not in DTYPES:
+        raise ValueError("fit needs a trainer config whose device and precision are resolved (run.settle)")
+    device, precision = torch.device(cfg.device), cfg.precision
     torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = bool(cfg.tf32)
     model.to(device)
     if cfg.gradient_checkpointing:
@@ -231,19 +201,21 @@ def fit(
         metrics = evaluate(
             model, evaluation, cfg.eval_batch_size, pad_id, device, precision, pad_left, cfg.progress
         )
-    return {
+    predictions = metrics.pop("predictions")
+    return Fit(
         **metrics,
-        "eval_wall_s": time.perf_counter() - start,
-        "precision": precision,
-        "train_loss_curve": losses,
-        "steps": step,
-        "train_wall_s": wall,
-        "train_examples_per_s": seen / wall if wall > 0 else None,
-        "train_tokens_per_s": tokens / wall if tokens and wall > 0 else None,
-        "peak_memory_mb": peak,
-        "peak_memory_of": "CUDA tensors (max allocated)" if device.type == "cuda" else "process (peak RSS)",
-        "gpu": gpu_of(device),
-    }
+        eval_wall_s=time.perf_counter() - start,
+        precision=precision,
+        train_loss_curve=losses,
+        steps=step,
+        train_wall_s=wall,
+        train_examples_per_s=seen / wall if wall > 0 else None,
+        train_tokens_per_s=tokens / wall if tokens and wall > 0 else None,
+        peak_memory_mb=peak,
+        peak_memory_of="CUDA tensors (max allocated)" if device.type == "cuda" else "process (peak RSS)",
+        gpu=gpu_of(device),
+        predictions=predictions,
+    )
 
 
 def in_order(
@@ -298,45 +270,3 @@ def evaluate(
         "eval_examples": n,
         "predictions": {"pred": pred.numpy(), "prob_pos": prob_pos.numpy()},
     }
-
-
-def gpu_of(device: torch.device) -> dict | None:
-    """Which GPU a run used: name, compute capability, memory, and the CUDA and driver versions."""
-    if device.type != "cuda":
-        return None
-    props = torch.cuda.get_device_properties(device)
-    driver = Path("/proc/driver/nvidia/version")  # Linux NVIDIA hosts; torch does not report the driver
-    return {
-        "name": props.name,
-        "capability": f"{props.major}.{props.minor}",
-        "memory_gb": round(props.total_memory / 2**30, 1),
-        "cuda": torch.version.cuda,
-        "driver": driver.read_text().splitlines()[0] if driver.is_file() else None,
-    }
-
-
-def reset_peak_memory(device: torch.device) -> None:
-    """Start a new peak, so that each run of a multirun sweep reports its own."""
-    if device.type == "cuda":
-        torch.cuda.reset_peak_memory_stats(device)
-        return
-    try:  # Linux: "5" resets the process's peak resident set (VmHWM)
-        # First hand freed memory back to the OS (glibc keeps it otherwise), or the new peak would start
-        # from whatever loading left behind, e.g. the full-precision weights a 4-bit base replaced.
-        ctypes.CDLL("libc.so.6").malloc_trim(0)
-        Path("/proc/self/clear_refs").write_text("5")
-    except OSError:
-        pass  # elsewhere the peak covers the whole process
-
-
-def peak_memory_mb(device: torch.device) -> float:
-    """CUDA: peak allocated by tensors. CPU: peak resident set since reset_peak_memory (Linux), else of
-    the whole process."""
-    if device.type == "cuda":
-        return torch.cuda.max_memory_allocated(device) / 2**20
-    status = Path("/proc/self/status")
-    if status.is_file():
-        for line in status.read_text().splitlines():
-            if line.startswith("VmHWM:"):
-                return int(line.split()[1]) / 1024
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024

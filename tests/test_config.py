@@ -8,7 +8,7 @@ import pandas as pd
 import pytest
 from hydra import compose, initialize_config_dir
 
-from lora_lab import config, methods, store
+from lora_lab import config, methods, run, store
 from lora_lab.analysis import findings, runs
 
 
@@ -122,3 +122,11 @@ def test_the_readme_names_every_option_of_each_config_group(group: str) -> None:
     assert files, f"conf/{group}/ has no options"
     missing = files - set(re.findall(r"`(\w+)`", row))
     assert not missing, "these are missing from docs/configuration.md's table"
+
+
+def test_multirun_flag_moves_before_the_overrides_and_force_adding_a_real_key_is_an_override() -> None:
+    assert run.multirun_first(["rank=4,8", "-m", "seed=1"]) == ["-m", "rank=4,8", "seed=1"]
+    assert run.multirun_first(["rank=4"]) == ["rank=4"]
+    config.check_additions(["++rank=4", "+model.config.vocab_size=100", "rank=8"])  # none refused
+    with pytest.raises(ValueError, match="reads no setting 'trainer.epoch'"):
+        config.check_additions(["++trainer.epoch=1"])

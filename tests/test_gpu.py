@@ -16,7 +16,8 @@ from conftest import ASSETS, TINY_RUN, requires_assets, tiny_model
 from lora_lab import methods, quant, run, train
 from lora_lab.config import compose
 from lora_lab.data import Encoded
-from lora_lab.train import DTYPES, evaluate, grad_scaler, pick_precision, train_step
+from lora_lab.hardware import DTYPES, grad_scaler, pick_precision
+from lora_lab.train import evaluate, train_step
 
 DEVICE = os.environ.get("LORA_LAB_TEST_DEVICE") or ("cuda" if torch.cuda.is_available() else None)
 pytestmark = pytest.mark.skipif(DEVICE is None, reason="no CUDA device (LORA_LAB_TEST_DEVICE=cpu dry-runs)")

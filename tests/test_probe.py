@@ -48,13 +48,13 @@ def test_the_probe_trains_the_head_live_head_only_trains_with_dropout_off(family
     probe_metrics = fit(head, train_f, eval_f, probe_cfg.trainer, 0.05, seed=3, pad_id=0)
 
     assert isinstance(head, probe.Probe) and train_f.features.shape == (40, 32)
-    assert probe_metrics["train_loss_curve"] == pytest.approx(live_metrics["train_loss_curve"], abs=1e-5)
+    assert probe_metrics.train_loss_curve == pytest.approx(live_metrics.train_loss_curve, abs=1e-5)
     torch.testing.assert_close(head.head.weight, live.classifier.weight, atol=1e-5, rtol=1e-4)
-    first, last = live_metrics["train_loss_curve"][0], live_metrics["train_loss_curve"][-1]
+    first, last = live_metrics.train_loss_curve[0], live_metrics.train_loss_curve[-1]
     assert first != pytest.approx(last, abs=1e-3)  # the head did train
-    got, want = probe_metrics["predictions"], live_metrics["predictions"]
+    got, want = probe_metrics.predictions, live_metrics.predictions
     assert got["prob_pos"] == pytest.approx(want["prob_pos"], abs=1e-5)
-    assert probe_metrics["train_tokens_per_s"] is None  # it read no tokens
+    assert probe_metrics.train_tokens_per_s is None  # it read no tokens
 
 
 def test_features_come_from_the_cache_for_the_same_weights_and_tokens_only(tmp_path, monkeypatch) -> None:

@@ -262,7 +262,7 @@ TRACEBACK_HINT = "(HYDRA_FULL_ERROR=1 shows the traceback)"
 BAD_INPUT = [  # (overrides, what the one line must say)
     (["model=nope"], "Could not find 'model/nope'; choose one of: distilbert, "),
     (["method=nope"], "Could not find 'method/nope'"),
-    (["trainer.foo=1"], "Could not override 'trainer.foo'"),
+    (["trainer.foo=1"], "trainer.foo: lora-lab reads no setting 'trainer.foo', so it would change nothing"),
     (["rank=["], "cannot parse the override 'rank=['"),
     (["method.targets=[nope]"], "target module(s) ['nope'] not found"),
     (["model=tiny_llama", "method.targets=[q_lin]"], "target module(s) ['q_lin'] not found"),
@@ -329,6 +329,27 @@ BAD_INPUT = [  # (overrides, what the one line must say)
         "use trainer.gradient_checkpointing=false",
     ),
     (["model=tiny_llama", "method=head_only_cached"], "head reads every position; use method=head_only"),
+    # issue #38's catalogue: each of these misled or ended in a traceback before
+    (
+        ["trainer.epoch=1"],
+        "trainer.epoch: lora-lab reads no setting 'trainer.epoch', so it would change nothing; did you mean "
+        "trainer.epochs",
+    ),
+    (
+        ["++rankk=4"],
+        "++rankk: lora-lab reads no setting 'rankk', so it would change nothing; did you mean rank=",
+    ),
+    (["-m=true", "rank=4"], "-m=true: -m (--multirun) takes no value"),
+    (
+        ["+model.config.vocab_size=100"],
+        "model.config.vocab_size=100 is not allowed; use at least the tokenizer's",
+    ),
+    (
+        ["method.targets=[]"],
+        "method.targets=[] adapts nothing; name the modules to adapt, e.g. method.targets=[query,value]",
+    ),
+    (["model=smollm2_135m", "model.gguf_file=nope.gguf"], "model.gguf_file='nope.gguf' is not in "),
+    (["-m", "data.max_length=64,1000"], "data.max_length=1000 is not allowed"),  # before job 0 trains
 ]
 
 

@@ -15,15 +15,8 @@ from conftest import tiny_model
 from lora_lab import methods, quant
 from lora_lab.config import compose
 from lora_lab.data import Encoded
-from lora_lab.train import (
-    DTYPES,
-    evaluate,
-    gpu_of,
-    grad_scaler,
-    linear_schedule,
-    pick_precision,
-    train_step,
-)
+from lora_lab.hardware import DTYPES, gpu_of, grad_scaler, pick_precision
+from lora_lab.train import evaluate, linear_schedule, train_step
 
 
 def test_linear_warmup_then_decay_to_zero() -> None:
@@ -56,7 +49,7 @@ def test_evaluate_accuracy_and_macro_f1() -> None:
 
 PEAK_CHILD = """
 import torch
-from lora_lab.train import peak_memory_mb, reset_peak_memory
+from lora_lab.hardware import peak_memory_mb, reset_peak_memory
 # 384 MB in 64 KB tensors: glibc keeps chunks this small on its heap after they are freed, so the reset
 # must hand them back to the OS before it starts the new peak (one big tensor would be unmapped anyway).
 chunks = [torch.ones(16_000) for _ in range(6_000)]

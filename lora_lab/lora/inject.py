@@ -55,7 +55,7 @@ def resolve_targets(model: nn.Module, targets: Targets) -> list[str]:
             raise ValueError(f"target regex {targets!r} matches no module. {_linear_hint(candidates)}")
     else:
         if not targets:
-            raise ValueError("targets is empty; name the modules to adapt, e.g. ['q_lin', 'v_lin']")
+            raise ValueError(f"targets is empty; name the modules to adapt. {_linear_hint(candidates)}")
         missing = [t for t in targets if not any(name_matches(n, [t]) for n, _ in model.named_modules())]
         if missing:
             raise ValueError(f"target module(s) {missing} not found in the model. {_linear_hint(candidates)}")

@@ -153,8 +153,8 @@ class LoRALinear(nn.Module):
         return h @ self.lora_A.T
 
     def add_update(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-        """y + s B A dropout(x), added into y in place (y is not needed for the base's own backward), unless y
-        is a view that autograd forbids writing to (a 4-bit base's matmul can return one): then a new tensor."""
+        """y + s B A dropout(x), added into y in place (y is not needed for the base's own backward), unless
+        y is a view autograd forbids writing to (a 4-bit base's matmul can return one): then a new tensor."""
         down = self.down(x)
         if y._is_view():
             update = down.to(y.dtype) @ self.lora_B.T.to(y.dtype)

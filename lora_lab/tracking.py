@@ -1,0 +1,76 @@
+"""wandb beside the run store: each run as a wandb run (config, loss curve, summary), online or offline.
+
+The record in the run store is the source of truth; wandb mirrors it for dashboards (`wandb sync` uploads an
+offline run later, and `python -m lora_lab.analysis --source wandb` reads the runs back).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+from omegaconf import DictConfig
+
+from lora_lab.config import require
+from lora_lab.store import resolved
+
+WANDB_MODES = (None, "online", "offline", "disabled")
+
+
+def check_logger(logger: DictConfig) -> None:
+    """The wandb settings, before anything loads: a run that cannot log as asked stops in one line."""
+    require(isinstance(logger.wandb, bool), "logger.wandb", logger.wandb, "true or false")
+    if not logger.wandb:
+        return
+    require("mode" in logger, "logger.wandb", True, "logger=wandb, which brings wandb's settings with it")
+    require(logger.mode in WANDB_MODES, "logger.mode", logger.mode, "online, offline, disabled or null")
+    if logger.mode == "online" and not _wandb_logged_in():
+        raise ValueError(
+            "logger.mode=online needs a wandb login: run `wandb login` (or set WANDB_API_KEY), or leave "
+            "logger.mode null to log offline and `wandb sync` later"
+        )
+
+
+def _wandb_logged_in() -> bool:
+    import wandb  # imported here: slow to import, and only wandb runs need it
+
+    return bool(wandb.login(prompt=False, verify=False))
+
+
+@contextmanager
+def wandb_run(cfg: DictConfig, name: str) -> Iterator[object | None]:
+    """A wandb run for this job when `logger.wandb`, finished on exit; offline when not logged in."""
+    if not cfg.logger.wandb:
+        yield None
+        return
+    import wandb
+
+    mode = cfg.logger.mode or ("online" if _wandb_logged_in() else "offline")
+    folder = Path(cfg.results_dir) / cfg.experiment_name
+    folder.mkdir(parents=True, exist_ok=True)
+    run = wandb.init(
+        project=cfg.logger.project,
+        entity=cfg.logger.entity,
+        group=cfg.logger.group,
+        name=name,
+        config=resolved(cfg),
+        dir=str(folder),
+        mode=mode,
+        reinit="finish_previous",
+        settings=wandb.Settings(silent=True),  # our own line says where an offline run is
+    )
+    if mode == "offline":
+        print(f"[lora-lab] wandb offline run: {run.dir.removesuffix('/files')} (wandb leet / wandb sync)")
+    try:
+        yield run
+    finally:
+        run.finish()
+
+
+def log_record(run: object, record: dict, log_every: int) -> None:
+    """The record's loss curve as wandb steps, and its scalar fields as the run's summary."""
+    for step, loss in enumerate(record.get("train_loss_curve") or []):
+        run.log({"train/loss": loss}, step=step * log_every)
+    scalars = {k: v for k, v in record.items() if isinstance(v, (int, float, str)) and k != "config"}
+    run.summary.update(scalars)
