@@ -31,7 +31,7 @@ from torch import nn
 
 from lora_lab import allocator, assets, config, methods, models, params, store
 from lora_lab.atomic import write_text_atomic
-from lora_lab.build import build_model
+from lora_lab.build import build_model, positions_of
 from lora_lab.hardware import (
     PRECISIONS,
     autocast,
@@ -370,7 +370,7 @@ def report(result: dict, args: argparse.Namespace) -> str:
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(prog="python -m lora_lab.bench", description=__doc__.split("\n\n")[0])
+    parser = config.ArgumentParser(prog="python -m lora_lab.bench", description=__doc__.split("\n\n")[0])
     default_model = (
         "minilm" if assets.asset_root() and (assets.asset_root() / "models").is_dir() else "distilbert"
     )
@@ -467,6 +467,9 @@ def main(argv: list[str] | None = None) -> None:
         if value is not None and value < low:
             parser.error(f"--{name.replace('_', '-')} {value}: use a whole number >= {low}")
     models.quiet_libraries()
+    positions = positions_of(models.load_config(config.compose([f"model={args.model}"]).model))
+    if positions and args.seq > positions:
+        parser.error(f"--seq {args.seq}: use at most the model's {positions} positions")
     if args.allocator == "kept":
         args.allocator = "kept" if allocator.keep_freed_memory() else "glibc (no glibc, or MALLOC_* set)"
     if args.threads:

@@ -11,10 +11,15 @@ from lora_lab.config import require
 from lora_lab.hardware import DTYPES
 
 
+def positions_of(shape: object) -> int:
+    """How many positions a model's config allows (0: no limit it states); GPT-2 calls them n_positions."""
+    return getattr(shape, "max_position_embeddings", None) or getattr(shape, "n_positions", 0)
+
+
 def check_shapes(shape: object, cfg: DictConfig, vocab: int | None = None) -> None:
     """What a model's config must allow of the data: `data.max_length` positions, and the tokenizer's `vocab`
     ids. Works from the config alone, so a sweep checks it for every job before its first one trains."""
-    positions = getattr(shape, "max_position_embeddings", None) or getattr(shape, "n_positions", 0)  # GPT-2
+    positions = positions_of(shape)
     ok = not positions or cfg.data.max_length <= positions
     require(ok, "data.max_length", cfg.data.max_length, f"at most the model's {positions} positions")
     size = getattr(shape, "vocab_size", None)

@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import argparse
 import difflib
 import os
 import re
 import sys
 from collections.abc import Sequence
 from pathlib import Path
+from typing import NoReturn
 
 from hydra import compose as hydra_compose
 from hydra import initialize_config_dir
@@ -144,3 +146,12 @@ def fail(err: BaseException) -> None:
         message = "; ".join(line.strip() for line in str(err).splitlines() if line.strip())
     print(f"error: {message}  (HYDRA_FULL_ERROR=1 shows the traceback)", file=sys.stderr)
     sys.exit(2)
+
+
+class ArgumentParser(argparse.ArgumentParser):
+    """argparse for the tools (bench, cost, analysis), with errors as the runner gives them: one line, exit
+    code 2, no usage dump (`--help` shows it)."""
+
+    def error(self, message: str) -> NoReturn:
+        print(f"error: {message}  ({self.prog} --help shows the usage)", file=sys.stderr)
+        sys.exit(2)

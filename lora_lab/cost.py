@@ -8,7 +8,6 @@ study pays once (the cache serves the rest), so it reads high.
 
 from __future__ import annotations
 
-import argparse
 import math
 import sys
 import tempfile
@@ -82,7 +81,7 @@ def to_text(costs: pd.DataFrame, experiment: str) -> str:
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(prog="python -m lora_lab.cost", description=__doc__.split("\n\n")[0])
+    parser = config.ArgumentParser(prog="python -m lora_lab.cost", description=__doc__.split("\n\n")[0])
     parser.add_argument("experiment", help="a conf/experiment name, e.g. imdb_cpu")
     parser.add_argument("--steps", type=int, default=8, help="training steps timed per row")
     parser.add_argument("--eval-size", type=int, default=256, help="reviews scored per row")

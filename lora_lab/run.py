@@ -19,6 +19,7 @@ from pathlib import Path
 import hydra
 import pandas as pd
 import torch
+from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig, OmegaConf
 from transformers import PreTrainedTokenizerBase
 
@@ -134,6 +135,13 @@ def prepare(job: Job) -> Prepared:
             f"[lora-lab] {job.name}: impl={cfg.impl} does not apply to method={cfg.method.kind}; it runs "
             f"{impl or 'without an implementation choice'}, and its record says impl={impl}"
         )
+    ignored = unread_settings(cfg, method)
+    if ignored:  # e.g. a sweep over rank=4,8 meets a full row: said, recorded, and not in its name
+        given = ", ".join(f"{key}={cfg[key]}" for key in ignored)
+        print(
+            f"[lora-lab] {job.name}: method={cfg.method.kind} does not read {given}; ignored (its record "
+            "lists it under not_applicable)"
+        )
     print(
         f"[lora-lab] {job.name}: {label}, impl={impl or 'none'}, trainable {trainable:,} of {total:,} "
         f"({100 * trainable / total:.2f}%), {len(train_set)} train / {len(eval_set)} eval examples"
@@ -160,9 +168,19 @@ def prepare(job: Job) -> Prepared:
         "config": resolved,
         **store.provenance(),
         "load_s": time.perf_counter() - job.loading,
+        "not_applicable": ignored or None,
     }
     store.Record.check_fields(record)  # a field outside the schema fails now, not after hours of training
     return Prepared(model, method, tokenizer, train_set, eval_set, record)
+
+
+def unread_settings(cfg: DictConfig, method: methods.Method) -> list[str]:
+    """The method settings this job's overrides (command line or sweep) set that its method does not read
+    (impl aside: prepare says which impl ran)."""
+    if not HydraConfig.initialized():  # run() called from Python: no overrides to read
+        return []
+    given = {o.split("=", 1)[0].lstrip("+~") for o in HydraConfig.get().overrides.task}
+    return sorted(k for k in given & set(methods.SETTINGS) if k not in method.settings and k != "impl")
 
 
 def train_and_score(job: Job, prepared: Prepared) -> pd.DataFrame | None:

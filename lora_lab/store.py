@@ -86,6 +86,7 @@ class Record:
     collapsed: str | None = None  # why the run counts as collapsed (store.collapse); None: it learned
     train_loss_curve: list | None = None
     steps: int | None = None
+    not_applicable: list | None = None  # settings the job was given that its method does not read (ignored)
     load_s: float | None = None  # reading data and weights, tokenising, preparing the method (or probe.py's)
     train_wall_s: float | None = None
     eval_wall_s: float | None = None  # scoring the evaluation set

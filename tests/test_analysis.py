@@ -25,7 +25,8 @@ from lora_lab import analysis, store
 from lora_lab.analysis import findings, rates, stats
 from lora_lab.analysis import runs as runs_module
 from lora_lab.analysis.plot import plot
-from lora_lab.analysis.table import add_latency
+from lora_lab.analysis.table import add_latency, read_bench
+from lora_lab.config import CONF_DIR
 
 matplotlib.use("Agg")
 N = 400  # test examples of the synthetic stores
@@ -516,3 +517,17 @@ def test_a_rate_next_to_a_collapse_is_passed_over_even_at_the_bottom_of_the_grid
     chosen = rates.choose(table)
     assert not chosen["chosen"].any()  # the lowest rate sits next to a collapse: widen the grid down
     assert chosen["passed"].tolist() == [True, False, False]
+
+
+def test_a_latency_file_that_is_no_current_bench_json_is_refused_naming_it(tmp_path) -> None:
+    with pytest.raises(FileNotFoundError, match="--latency nowhere.json: no such file"):
+        read_bench("nowhere.json")
+    (tmp_path / "notes.json").write_text("timings: 3 ms")
+    with pytest.raises(ValueError, match=r"--latency .*notes.json: not JSON"):
+        read_bench(tmp_path / "notes.json")
+    # a committed bench from before the conf/method rows were renamed (its variants are "qv", "attn_ffn")
+    old = CONF_DIR.parent / "results" / "bench" / "minilm_cpu_b16_s128_bf16.json"
+    runs = pd.DataFrame({"config_id": ["a"], "row": ["qv_r8"], "impl": ["ours"]})
+    message = r"--latency .*: variant 'qv' is no conf/method row today \(the file was written by a bench from"
+    with pytest.raises(ValueError, match=message):
+        add_latency(pd.DataFrame({"config_id": ["a"]}), runs, read_bench(old), f"--latency {old}")

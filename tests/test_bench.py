@@ -145,6 +145,11 @@ def test_memory_bench_measures_qlora_beside_the_float_floor_in_fresh_processes(t
     [
         ("lora_lab.params", ["model=nope"], "Could not find 'model/nope'; choose one of: distilbert"),
         ("lora_lab.bench", ["--model", "tiny_bert", "--methods", "nope"], "Could not find 'method/nope'"),
+        (
+            "lora_lab.bench",
+            ["--model", "tiny_bert", "--seq", "100000"],
+            "--seq 100000: use at most the model's 512",
+        ),
     ],
 )
 def test_unknown_names_are_one_line_and_exit_2(module, arguments, message) -> None:

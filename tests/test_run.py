@@ -362,11 +362,12 @@ def in_process(tmp_path: Path, token_cache: Path, monkeypatch, args: list[str]) 
     monkeypatch.setattr(assets, "unreachable", lambda url: "no network in this test")
     monkeypatch.chdir(tmp_path)
     try:
-        with pytest.raises(SystemExit) as exit_code:
-            run.cli()
+        run.cli()
+    except SystemExit as exit_:
+        return exit_.code
     finally:
         GlobalHydra.instance().clear()
-    return exit_code.value.code
+    return 0
 
 
 @pytest.mark.parametrize(("overrides", "message"), BAD_INPUT)
@@ -513,3 +514,15 @@ def test_an_impl_a_method_does_not_have_is_said_and_recorded(
     record = run.run(config.compose([*overrides, f"data.cache_dir={token_cache}"]))
     assert record["impl"] == "ours"
     assert "impl=peft does not apply to method=bottleneck; it runs ours" in capsys.readouterr().out
+
+
+def test_a_setting_the_method_does_not_read_is_said_and_recorded(tmp_path, token_cache, monkeypatch, capsys):
+    """A sweep over rank meets a full row: its rank is ignored, in one line and in the record."""
+    args = ["-m", *TINY_RUN, "method=full,qv_r8", "rank=4"]
+    assert in_process(tmp_path, token_cache, monkeypatch, args) == 0
+    assert "method=full does not read rank=4; ignored" in capsys.readouterr().out
+    records = {
+        r["method"]: r
+        for r in map(json.loads, map(Path.read_text, (tmp_path / "results").rglob("runs/*.json")))
+    }
+    assert records["full"]["not_applicable"] == ["rank"] and "not_applicable" not in records["lora"]

@@ -10,8 +10,6 @@ markdown ones name the records they were made from (their count and a digest) an
 
 from __future__ import annotations
 
-import argparse
-import json
 import sys
 from pathlib import Path
 
@@ -19,7 +17,8 @@ from lora_lab.analysis import findings as findings_module
 from lora_lab.analysis import load_reference, load_runs, load_wandb_runs, plot, rates, summarize, write_tables
 from lora_lab.analysis.plot import plot_findings
 from lora_lab.analysis.runs import correctness
-from lora_lab.analysis.table import add_latency, to_markdown
+from lora_lab.analysis.table import add_latency, read_bench, to_markdown
+from lora_lab.config import ArgumentParser
 
 OUTPUTS = (  # what an analysis of a folder writes there: each is rewritten or removed
     *("table.md", "table.csv", "table.tex", "acc_vs_params.png", "acc_vs_params.pdf"),
@@ -28,7 +27,7 @@ OUTPUTS = (  # what an analysis of a folder writes there: each is rewritten or r
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(prog="python -m lora_lab.analysis", description=__doc__.split("\n\n")[1])
+    parser = ArgumentParser(prog="python -m lora_lab.analysis", description=__doc__.split("\n\n")[1])
     parser.add_argument("results", help="an experiment's results folder (holding runs/); outputs go here too")
     parser.add_argument(
         "--reference", help="CSV of reference numbers (default: experiments/<study>/reference.csv)"
@@ -53,7 +52,9 @@ def main(argv: list[str] | None = None) -> None:
         correct = correctness(runs)
         table = summarize(runs, correct, load_reference(experiment, args.reference))
         latency = (
-            add_latency(table, runs, json.loads(Path(args.latency).read_text())) if args.latency else None
+            add_latency(table, runs, read_bench(args.latency), f"--latency {args.latency}")
+            if args.latency
+            else None
         )
         tuning = runs["eval_split"].iloc[0] == "dev"  # a learning-rate pilot: rates, no verdicts
         skip = args.claims == "none" or tuning

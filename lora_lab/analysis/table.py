@@ -3,6 +3,7 @@ reference beside it."""
 
 from __future__ import annotations
 
+import json
 import math
 from pathlib import Path
 
@@ -12,7 +13,7 @@ from lora_lab import methods
 from lora_lab.analysis import stats
 from lora_lab.analysis.runs import NO_IMPL
 from lora_lab.atomic import write_text_atomic
-from lora_lab.config import EXPERIMENTS_DIR, compose
+from lora_lab.config import CONF_DIR, EXPERIMENTS_DIR, compose
 
 METHOD_ORDER = {
     kind: i for i, kind in enumerate(methods.METHODS)
@@ -147,20 +148,42 @@ def to_latex(table: pd.DataFrame) -> str:
     return "\n".join(lines) + "\n"
 
 
-def add_latency(table: pd.DataFrame, runs: pd.DataFrame, bench: dict) -> pd.DataFrame:
+def read_bench(path: str | Path) -> dict:
+    """A `python -m lora_lab.bench` JSON for --latency; anything else is refused in one line naming it."""
+    usage = f"--latency {path}"
+    try:
+        bench = json.loads(Path(path).read_text())
+    except FileNotFoundError:
+        raise FileNotFoundError(f"{usage}: no such file; give a bench JSON, or leave it out") from None
+    except (json.JSONDecodeError, UnicodeDecodeError) as err:
+        raise ValueError(f"{usage}: not JSON ({err}); give a `python -m lora_lab.bench` JSON") from None
+    if not isinstance(bench, dict) or "inference_s" not in bench:
+        raise ValueError(f"{usage}: no inference timings; give a `python -m lora_lab.bench` JSON")
+    return bench
+
+
+def add_latency(
+    table: pd.DataFrame, runs: pd.DataFrame, bench: dict, source: str = "--latency"
+) -> pd.DataFrame:
     """The table with `latency_x_base`: each row's inference time over the base model's, from a
     `python -m lora_lab.bench` JSON (merged where the bench merged the method, else unmerged). A variant
     `<impl>:<conf/method row>` meets the runs of that row and impl, both read from the records (a variant
-    without impl: any impl). Rows the bench did not measure get NaN."""
-    if "inference_s" not in bench:
-        raise ValueError("the --latency file has no inference timings; use a `python -m lora_lab.bench` JSON")
-    infer, rank = bench["inference_s"], bench["args"].get("rank")
+    without impl: any impl). Rows the bench did not measure get NaN. A variant that names no conf/method row
+    (a bench older than today's row names) is refused, saying which commit wrote the file."""
+    infer, rank = bench["inference_s"], bench.get("args", {}).get("rank")
     measured = {}
     for key, seconds in infer.items():
         variant, _, how = key.rpartition(" ")  # "<variant> merged" / "<variant> unmerged", or "base"
         if key == "base" or (how == "unmerged" and f"{variant} merged" in infer):
             continue
         impl, _, row = variant.rpartition(":")
+        if not (CONF_DIR / "method" / f"{row}.yaml").is_file():
+            commit = bench.get("provenance", {}).get("git_commit")
+            writer = f"commit {commit[:8]}" if commit else "a bench from before its files named their commit"
+            raise ValueError(
+                f"{source}: variant {row!r} is no conf/method row today (the file was written by {writer}); "
+                "rerun `python -m lora_lab.bench --methods ROWS` for a current one"
+            )
         cfg = compose([f"method={row}", *([f"rank={rank}"] if rank else [])])
         measured[(methods.of(cfg).row(cfg), impl or None)] = seconds / infer["base"]
     rows = runs.groupby("config_id")[["row", "impl"]].first()
