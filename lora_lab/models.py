@@ -196,13 +196,13 @@ def load_config(cfg: DictConfig, num_labels: int = 2) -> PretrainedConfig:
     """The model's config alone (no weights): its shapes, for checks that must not wait for the weights."""
     overrides = OmegaConf.to_container(cfg.config, resolve=True) if cfg.get("config") else {}
     on_disk = assets.on_disk(cfg.name, cfg.get("local"))
+    if not cfg.pretrained and on_disk is None and cfg.get("model_type"):
+        # The architecture from model_type's defaults: DistilBertConfig() is distilbert-base-uncased, so the
+        # reference table needs no download.
+        return AutoConfig.for_model(cfg.model_type, num_labels=num_labels, **overrides)
+    source = on_disk or assets.resolve(cfg.name, cfg.get("local"), "model", _offline_hint)
+    gguf = gguf_file(cfg, source)
     try:
-        if not cfg.pretrained and on_disk is None and cfg.get("model_type"):
-            # The architecture from model_type's defaults: DistilBertConfig() is distilbert-base-uncased,
-            # so the reference table needs no download.
-            return AutoConfig.for_model(cfg.model_type, num_labels=num_labels, **overrides)
-        source = on_disk or assets.resolve(cfg.name, cfg.get("local"), "model", _offline_hint)
-        gguf = gguf_file(cfg, source)
         return AutoConfig.from_pretrained(source, num_labels=num_labels, gguf_file=gguf, **overrides)
     except OSError as err:
         raise FileNotFoundError(
