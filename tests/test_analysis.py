@@ -93,9 +93,9 @@ def test_seeds_give_a_crossed_interval_and_one_seed_test_noise_only(tmp_path) ->
     seeds_only = stats.t_interval(np.array([90.0, 92.0, 91.0]))
     assert (ours["n"], ours["accuracy"]) == (3, pytest.approx(91.0))
     assert ours["ci_method"].startswith("seeds + test examples, t on ")
-    # test-set noise widens the interval beyond the seeds' own spread, and the df lie above the seeds' 2
+    # test-set noise widens the interval beyond the seeds' own spread, on the seeds' 2 degrees of freedom
     assert ours["ci_low"] < seeds_only[0] and ours["ci_high"] > seeds_only[1]
-    assert float(ours["ci_method"].split("t on ")[1].split()[0]) > 2
+    assert float(ours["ci_method"].split("t on ")[1].split()[0]) == 2
     peft = table[table["impl"] == "peft"].iloc[0]
     se = 100 * np.sqrt(0.85 * 0.15 / (N - 1))  # one seed: the binomial interval of its N examples
     assert peft["ci_method"] == "1 seed: test-set noise only"
@@ -216,7 +216,7 @@ def claims_table(tmp_path: Path, accuracies: dict[str, float]) -> pd.DataFrame:
         {"statement": "large", "better": {"a": "Q+V (r=8)", "b": "Classification Head Only"}},
         {"statement": "reversed", "better": {"a": "Classification Head Only", "b": "Q+V (r=8)"}},
         {"statement": "tiny", "better": {"a": "Q+V (r=4)", "b": "Q+V (r=8)"}},
-        {"statement": "same", "equivalent": {"a": "Q+V (r=4)", "b": "Q+V (r=8)", "margin_pp": 8.0}},
+        {"statement": "same", "equivalent": {"a": "Q+V (r=4)", "b": "Q+V (r=8)", "margin_pp": 20.0}},
         {"statement": "apart", "equivalent": {"a": "Q+V (r=8)", "b": "Full Fine-Tuning", "margin_pp": 1.0}},
     ]
     return findings.check([findings.parse(c) for c in claims], table, correct).set_index("claim")
@@ -234,7 +234,7 @@ def test_claims_with_known_effects_get_their_verdicts(tmp_path) -> None:
     assert result.loc["reversed", "verdict"] == "contradicted"
     assert result.loc["tiny", "verdict"] == "inconclusive"
     assert "seeds at 400 test examples" in result.loc["tiny", "to_decide"]
-    assert result.loc["same", "verdict"] == "holds"  # 0.5 pp apart, inside 8 pp
+    assert result.loc["same", "verdict"] == "holds"  # 0.5 pp apart, inside 20 pp (3 seeds: 2 df)
     assert result.loc["apart", "verdict"] == "contradicted"  # 20 pp apart, outside 1 pp
     assert (result["p_adjusted"] >= result["p"]).all() and set(result["claims_in_family"]) == {5}
     assert result["ci_level"].iloc[0] == pytest.approx(1 - 0.1 / 5)

@@ -18,8 +18,9 @@ from lora_lab.analysis.plot import plot_findings
 A, B = "Row A", "Row B"
 
 
-def decide(a: np.ndarray, b: np.ndarray, claim: dict, collapsed: dict | None = None) -> pd.DataFrame:
-    """findings.check on two rows given as examples x seeds correctness (or any value) matrices."""
+def decide(a: np.ndarray, b: np.ndarray, claim: dict | list, collapsed: dict | None = None) -> pd.DataFrame:
+    """findings.check on two rows given as examples x seeds correctness (or any value) matrices: one claim, or
+    a family of several (each judged at the family's level)."""
     collapsed = collapsed or {}
     index = [f"e{i}" for i in range(len(a))]
     correct = {
@@ -35,7 +36,8 @@ def decide(a: np.ndarray, b: np.ndarray, claim: dict, collapsed: dict | None = N
             "collapsed_seeds": [collapsed.get("a", ()), collapsed.get("b", ())],
         }
     )
-    return findings.check([findings.parse(claim)], table, correct)
+    claims = claim if isinstance(claim, list) else [claim]
+    return findings.check([findings.parse(c) for c in claims], table, correct)
 
 
 def binary_study(rng: np.random.Generator, k: int, n: int, effect: float, seed_sd: float) -> tuple:
@@ -139,8 +141,9 @@ def test_a_collapsed_run_is_flagged_and_its_claim_shown_both_ways() -> None:
     result = decide(a, b, BETTER, collapsed={"a": (3,)})
     assert list(result["variant"]) == ["", findings.WITHOUT_COLLAPSED]
     assert result.iloc[0]["collapsed_runs"] == f"seed 3: {A} (ours)"
-    assert result.iloc[0]["leave_one_out"] == "hinges on seed 0, 1, 2"  # the at-chance seed pulls A down
-    assert result.iloc[1]["leave_one_out"] == "all 3 agree"
+    # with the at-chance seed in, the claim is inconclusive; leaving it out, and only it, makes it hold
+    assert result.iloc[0]["leave_one_out"] == "3 of 4 inconclusive; without seed 3: holds"
+    assert result.iloc[1]["leave_one_out"] == "3 of 3 holds"
     assert result.iloc[1]["seeds"] == 3 and result.iloc[1]["verdict"] == "holds"
     assert result.iloc[1]["diff_pp"] > result.iloc[0]["diff_pp"]
 
@@ -174,3 +177,95 @@ def test_the_stability_rate_has_a_clopper_pearson_interval() -> None:
         pytest.approx(100 * exact[0]),
         pytest.approx(100 * exact[1]),
     )
+
+
+def independent_se(d: np.ndarray) -> float:
+    """The crossed model's standard error of the mean, written apart from stats.Crossed: the spread of the
+    seeds' means (at least what the residual alone would give them) over k, plus the examples' shared share
+    (their mean square beyond the residual, over k n)."""
+    n, k = d.shape
+    seed_means, example_means = d.mean(axis=0), d.mean(axis=1)
+    residual = d - seed_means[None, :] - example_means[:, None] + d.mean()
+    ms_residual = (residual**2).sum() / ((n - 1) * (k - 1))
+    ms_examples = k * ((example_means - d.mean()) ** 2).sum() / (n - 1)
+    seeds = max(seed_means.var(ddof=1), ms_residual / n)
+    return math.sqrt(seeds / k + max(0.0, ms_examples - ms_residual) / (k * n))
+
+
+EQUIVALENT = {"equivalent": {"a": A, "b": B, "margin_pp": 2.0}}
+
+
+def test_tost_takes_the_larger_one_sided_p_on_the_seeds_degrees_of_freedom() -> None:
+    """A study whose difference sits near +margin: one side is certain, the other is not; TOST's p is the
+    larger, each one-sided test a t on k - 1 df (a wrong engine taking the smaller, or k df, fails here)."""
+    truth = stats.Crossed(
+        mean=0.017, seeds=4, examples=400, seed_var=0.004**2, example_var=0.01, residual_var=0.1, per_seed=()
+    )
+    d = gaussian_study(np.random.default_rng(11), truth, 4)
+    se, df = independent_se(d), d.shape[1] - 1
+    lower = scipy_stats.t.sf((d.mean() + 0.02) / se, df)  # null: a - b <= -margin
+    upper = scipy_stats.t.cdf((d.mean() - 0.02) / se, df)  # null: a - b >= +margin
+    assert lower < 0.025 < 0.25 < upper  # the two sides disagree
+    result = decide(d, np.zeros_like(d), EQUIVALENT).iloc[0]
+    assert result["df"] == df
+    assert result["p"] == pytest.approx(max(lower, upper), rel=1e-6)
+
+
+def test_equivalence_holds_exactly_when_both_one_sided_tests_pass_at_the_familys_level() -> None:
+    """TOST at alpha / K a side, K the claims in the family: its interval is the (1 - 2 alpha / K) one.
+    Studies near the margin put some p-values between alpha / K and 2 alpha / K, where an engine at twice the
+    stated alpha would say holds."""
+    truth = stats.Crossed(
+        mean=0.0, seeds=4, examples=400, seed_var=0.004**2, example_var=0.01, residual_var=0.1, per_seed=()
+    )
+    rng, family = np.random.default_rng(12), 2
+    level = findings.ALPHA / family
+    within_3pp = {"equivalent": {"a": A, "b": B, "margin_pp": 3.0}}
+    in_band = 0
+    for _ in range(200):
+        d = gaussian_study(rng, truth, 4)
+        se, df = independent_se(d), d.shape[1] - 1
+        p = max(scipy_stats.t.sf((d.mean() + 0.03) / se, df), scipy_stats.t.cdf((d.mean() - 0.03) / se, df))
+        in_band += level <= p < 2 * level
+        verdict = decide(d, np.zeros_like(d), [within_3pp] * family).iloc[0]["verdict"]
+        assert (verdict == "holds") == (p < level), p
+    assert in_band >= 3  # the test saw studies where the two levels disagree
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(
+    ("claim", "boundary_pp"),
+    [(BETTER, 0.0), ({"at_least": {"a": A, "b": B, "by_pp": 1.0}}, 1.0), (EQUIVALENT, 2.0)],
+    ids=["better", "at_least", "equivalent"],
+)
+def test_false_holds_under_a_null_at_the_boundary_stay_within_the_familys_level(claim, boundary_pp) -> None:
+    """The true a - b on the claim's boundary (the null it must reject), three seeds, a family of three
+    claims: holds at most alpha / 3 of the time, within the simulation's own error (three binomial sds)."""
+    truth = stats.Crossed(
+        mean=boundary_pp / 100,
+        seeds=3,
+        examples=400,
+        seed_var=0.01**2,
+        example_var=0.01,
+        residual_var=0.1,
+        per_seed=(),
+    )
+    rng, family, studies = np.random.default_rng(13), 3, 800
+    holds = 0
+    for _ in range(studies):
+        d = gaussian_study(rng, truth, 3)
+        holds += decide(d, np.zeros_like(d), [claim] * family).iloc[0]["verdict"] == "holds"
+    nominal = findings.ALPHA / family
+    assert holds / studies <= nominal + 3 * math.sqrt(nominal * (1 - nominal) / studies)
+
+
+def test_the_planner_sizes_at_an_upper_bound_of_the_seed_variance_never_below_the_seeds_run() -> None:
+    """Two degrees of freedom can show a seed variance of zero; the planner must not take that at its word."""
+    d = np.tile(np.array([[0.02, 0.02, 0.02]]), (400, 1)) + np.random.default_rng(14).normal(0, 0.3, (400, 1))
+    fit = stats.Crossed.fit(d)
+    assert fit.seed_var == 0.0
+    bound = fit.with_seed_var_bound(findings.PLANNING_BOUND)
+    chi = scipy_stats.chi2.ppf(1 - findings.PLANNING_BOUND, 2)
+    assert bound.seed_var + bound.residual_var / 400 == pytest.approx(2 * fit.residual_var / 400 / chi)
+    result = decide(d, np.zeros_like(d), [BETTER] * 3).iloc[0]
+    assert result["seeds_needed_400_examples"] is None or result["seeds_needed_400_examples"] >= 3

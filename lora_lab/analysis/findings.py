@@ -10,12 +10,12 @@ Each may give `reference_pp`, the reference's own difference, and `statement`, t
 
 What decides: the training seed is the unit of replication. A claim pairs the seeds both rows ran, and the
 difference a - b gets the crossed (seeds x test examples) model of `stats`: seed-to-seed variance and test-set
-sampling together, Satterthwaite degrees of freedom. Over a study's K claims the level is Bonferroni's, 0.05/K
-a side, rather than Holm's, so that each claim's interval is exactly its test: the claim `holds` when its
-(1 - 0.1/K) interval lies wholly on its side of the threshold (inside the margin, for equivalence: TOST),
-is `contradicted` when it lies wholly on the other side, and is otherwise `inconclusive`, with the seeds a
-study would need for power 0.8 under the same test. A claim needs two seeds of both rows; with one there is
-no seed variance to weigh, and it stays inconclusive.
+sampling together, on the seeds' k - 1 degrees of freedom. Over a study's K claims the level is
+Bonferroni's, 0.05/K a side, rather than Holm's, so that each claim's interval is exactly its test: the claim
+`holds` when its (1 - 0.1/K) interval lies wholly on its side of the threshold (inside the margin, for
+equivalence: TOST), is `contradicted` when it lies wholly on the other side, and is otherwise
+`inconclusive`, with the seeds a study would need for power 0.8 under the same test. A claim needs two seeds
+of both rows; with one there is no seed variance to weigh, and it stays inconclusive.
 
 Runs that collapsed (store.collapse) stay in: each claim they touch is shown again without them, marked, and
 outside the K; each row's collapse rate is reported as a finding of its own.
@@ -38,6 +38,7 @@ from lora_lab.atomic import write_text_atomic
 from lora_lab.config import EXPERIMENTS_DIR, is_number
 
 ALPHA = 0.05  # family-wise, per side
+PLANNING_BOUND = 0.8  # the planner sizes at the upper 80% confidence bound of the seed variance
 FULL_TEST_SET = 25_000  # IMDB's test split: the most test examples a plan can ask for
 WITHOUT_COLLAPSED = "without collapsed runs"
 COLUMNS = [  # findings.csv's, in this order (the planner's seeds at more test sizes follow)
@@ -371,30 +372,38 @@ def _row_of(
         "p_adjusted": min(1.0, family * claim.p(diff)),
         "seed_sd_pp": 100 * math.sqrt(diff.seed_var),
         "per_seed_pp": "; ".join(f"{s}: {v:+.2f}" for s, v in zip(d.columns, per_seed, strict=True)),
-        "leave_one_out": _leave_one_out(claim, per_seed, list(d.columns)),
+        "leave_one_out": _leave_one_out(claim, d, level, verdict),
         "verdict": verdict,
     }
     plan = _plan(claim, diff, family) if verdict == "inconclusive" and not variant else {}
     return row | plan
 
 
-def _leave_one_out(claim: Claim, per_seed: np.ndarray, seeds: list) -> str:
-    """Whether the mean of a - b stays on the same side of the claim's boundary with any one seed left out."""
-    side = claim.margin(per_seed.mean()) > 0
-    flips = [s for i, s in enumerate(seeds) if (claim.margin(np.delete(per_seed, i).mean()) > 0) != side]
-    if not flips:
-        return f"all {len(seeds)} agree"
-    return "hinges on seed " + ", ".join(str(s) for s in flips)
+def _leave_one_out(claim: Claim, d: pd.DataFrame, level: float, verdict: str) -> str:
+    """The verdict with each seed left out in turn, at the same level: how many agree with `verdict`, and the
+    seeds whose absence changes it (a claim that holds only with one seed in rests on that seed)."""
+    if d.shape[1] < 3:
+        return "needs 3 seeds"
+    changed = []
+    for seed in d.columns:
+        low, high = (100 * v for v in stats.Crossed.fit(d.drop(columns=seed).to_numpy()).interval(level))
+        if claim.verdict(low, high) != verdict:
+            changed.append(f"{seed}: {claim.verdict(low, high)}")
+    agree = f"{d.shape[1] - len(changed)} of {d.shape[1]} {verdict}"
+    return agree + (f"; without seed {', '.join(changed)}" if changed else "")
 
 
 def _plan(claim: Claim, diff: stats.Crossed, family: int) -> dict:
-    """Seeds needed for power 0.8 at the study's test size and a few larger ones, under the same test."""
+    """Seeds needed for power 0.8 at the study's test size and a few larger ones, under the same test, if the
+    true difference were the observed one and the seed variance at its upper 80% bound (never fewer seeds
+    than the study has)."""
     sizes = sorted({diff.examples, max(diff.examples, FULL_TEST_SET)}) + [math.inf]
     if claim.margin(100 * diff.mean) <= 0:
         text = "the observed difference lies on the claim's wrong side: no study size makes it hold"
         return {"to_decide": text, **{_grid_column(n): None for n in sizes}}
+    bound = diff.with_seed_var_bound(PLANNING_BOUND)
     needed = {
-        n: stats.seeds_needed(lambda k, n=n: claim.power(diff, ALPHA / family, k, n), diff.seeds)
+        n: stats.seeds_needed(lambda k, n=n: claim.power(bound, ALPHA / family, k, n), diff.seeds)
         for n in sizes
     }
     text = ", ".join(
@@ -478,12 +487,13 @@ def to_markdown(findings: pd.DataFrame, table: pd.DataFrame) -> str:
             "\nΔ = a - b in accuracy points, over the seeds both rows ran, on the same "
             f"{int(first['examples']):,} test examples. The unit of replication is the training seed: the CI "
             "and p come from a crossed (seeds x test examples) model that counts seed-to-seed and test-set "
-            "variance together, with Satterthwaite degrees of freedom, at Bonferroni's level over the "
+            "variance together, on the seeds' k - 1 degrees of freedom, at Bonferroni's level over the "
             f"{family} claims checked ({ALPHA:g}/{family} a side: the {level:.2f}% interval, TOST for "
             "equivalence). A claim holds when that interval lies wholly on its side of the threshold, and is "
-            "contradicted when it lies wholly on the other side. To decide: seeds for power 0.8 under that "
-            "same test, if the true difference were the one observed (findings.csv has them at more test "
-            "examples too)."
+            "contradicted when it lies wholly on the other side. Leave one seed out: the verdict with each "
+            "seed left out in turn. To decide: seeds for power 0.8 under that same test, if the true "
+            "difference were the one observed and the seed variance at its upper 80% bound (findings.csv has "
+            "them at more test examples too)."
         )
     unstable = stability(table)
     unstable = unstable[unstable["collapsed"] > 0]
