@@ -51,6 +51,10 @@ class Method:
 
     impls: tuple[str, ...] = ()  # the values `impl` may take; a single one is fixed, not a setting
     settings: tuple[str, ...] = ()  # top-level config keys that shape this method's result
+    # How the names of the parameters it adds begin (a part of the dotted name): params.count leaves them out
+    # of the base model's size, the trainable-% denominator. PEFT's trained copies of the head are
+    # "modules_to_save".
+    adds: tuple[str, ...] = ()
 
     def check(self, cfg: DictConfig) -> None:
         """Settings that can be checked before anything loads."""
@@ -186,6 +190,7 @@ class LoRA(Method):
 
     impls = IMPLS
     settings = ("impl", "lora_lr", "lora_plus_ratio", *(f.name for f in dataclasses.fields(LoRASettings)))
+    adds = ("lora_", "modules_to_save")
 
     def check(self, cfg: DictConfig) -> None:
         super().check(cfg)
@@ -302,6 +307,7 @@ class IA3(Method):
 
     impls = IMPLS
     settings = ("impl",)
+    adds = ("ia3_", "modules_to_save")
 
     def check(self, cfg: DictConfig) -> None:
         super().check(cfg)
@@ -361,6 +367,7 @@ class Bottleneck(Method):
     feed-forward) or Pfeiffer (feed-forward only), by `method.placement`. In-house only: PEFT has none."""
 
     impls = ("ours",)
+    adds = ("adapter_",)
     PLACEMENTS = ("houlsby", "pfeiffer")
 
     def check(self, cfg: DictConfig) -> None:
@@ -389,6 +396,7 @@ class PromptLearning(Method):
     trained in full (PEFT's SEQ_CLS does)."""
 
     impls = ("peft",)
+    adds = ("prompt_encoder", "modules_to_save")
 
     def __init__(self, name: str, peft_config: str, prepends_tokens: bool) -> None:
         self.name, self.peft_config, self.prepends_tokens = name, peft_config, prepends_tokens
@@ -434,6 +442,8 @@ METHODS: dict[str, Method] = {  # in the table's order
     "prefix_tuning": PromptLearning("Prefix Tuning", "PrefixTuningConfig", prepends_tokens=False),
     "full": Full(),
 }
+# How the parameters any method adds are named (params.count).
+ADDED = tuple(dict.fromkeys(prefix for method in METHODS.values() for prefix in method.adds))
 # Every top-level setting some method reads: a run's identity keeps only its own method's.
 SETTINGS = tuple(dict.fromkeys(key for method in METHODS.values() for key in method.settings))
 

@@ -17,8 +17,6 @@ from torch import nn
 from lora_lab import config, methods, models
 from lora_lab.build import build_model
 
-ADDED = ("lora_", "ia3_", "adapter_", "prompt_encoder", "modules_to_save")  # names of what methods add
-
 
 def count(model: nn.Module) -> tuple[int, int]:
     """(trainable, total_base): total_base counts the base model once, without what a method added (adapter
@@ -26,7 +24,7 @@ def count(model: nn.Module) -> tuple[int, int]:
     trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
     base = 0
     for name, p in model.named_parameters():
-        if not any(part.startswith(ADDED) for part in name.split(".")):
+        if not any(part.startswith(methods.ADDED) for part in name.split(".")):
             base += numel(p)
     return trainable, base
 

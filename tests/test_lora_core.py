@@ -11,7 +11,8 @@ import torch
 from conftest import batch, tiny_model
 from peft import LoraConfig, PeftModel, TaskType, get_peft_model
 
-from lora_lab import params
+from lora_lab import methods, params
+from lora_lab.config import CONF_DIR, compose
 from lora_lab.dropout import keep_mask
 from lora_lab.lora import (
     LoRALinear,
@@ -244,3 +245,21 @@ def test_lora_dropout_trains_under_bf16_autocast() -> None:
     assert y.dtype == torch.bfloat16
     assert layer.lora_A.grad.dtype == torch.float32 and layer.lora_B.grad.abs().sum() > 0
     assert x.grad.dtype == torch.float32 and torch.isfinite(x.grad).all()
+
+
+@pytest.mark.parametrize(
+    "row",
+    sorted(
+        p.stem for p in (CONF_DIR / "method").glob("*.yaml") if "nf4" not in p.stem and "qlora" not in p.stem
+    ),
+)
+def test_every_method_declares_what_it_adds_so_the_base_size_stays_the_base(row: str) -> None:
+    """The trainable-% denominator is the base model alone: a method whose added parameters' names its `adds`
+    does not declare would count them as base weights, silently."""
+    cfg = compose([f"method={row}"])
+    for impl in methods.of(cfg).impls or (None,):
+        if impl:
+            cfg.impl = impl
+        base = tiny_model("bert")
+        size = sum(p.numel() for p in base.parameters())
+        assert params.count(methods.prepare(base, cfg))[1] == size, (row, impl)
