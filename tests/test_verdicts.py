@@ -4,7 +4,9 @@ planner's seed count must reach the power it states."""
 
 from __future__ import annotations
 
+import hashlib
 import math
+from dataclasses import replace
 
 import numpy as np
 import pandas as pd
@@ -13,7 +15,9 @@ from scipy import stats as scipy_stats
 
 from lora_lab import store
 from lora_lab.analysis import findings, stats
+from lora_lab.analysis import plan as plan_module
 from lora_lab.analysis.plot import plot_findings
+from lora_lab.config import CONF_DIR
 
 A, B = "Row A", "Row B"
 
@@ -269,3 +273,65 @@ def test_the_planner_sizes_at_an_upper_bound_of_the_seed_variance_never_below_th
     assert bound.seed_var + bound.residual_var / 400 == pytest.approx(2 * fit.residual_var / 400 / chi)
     result = decide(d, np.zeros_like(d), [BETTER] * 3).iloc[0]
     assert result["seeds_needed_400_examples"] is None or result["seeds_needed_400_examples"] >= 3
+
+
+def two_looks(max_seeds: int = 6) -> plan_module.Plan:
+    """A plan of looks at half and all of `max_seeds`, alpha 0.05, O'Brien-Fleming spending."""
+    return plan_module.Plan(
+        file="plan.yaml", sha256="0" * 64, version=1, alpha=0.05, max_seeds=max_seeds,
+        looks=(max_seeds // 2, max_seeds), spending="obrien_fleming_union", smallest_effects_pp={},
+        excluded={}, committed="2026-01-01T00:00:00+00:00",
+    )  # fmt: skip
+
+
+def decide_planned(d: np.ndarray, claim: dict, plan: plan_module.Plan) -> pd.Series:
+    index = [f"e{i}" for i in range(len(d))]
+    correct = {"a": pd.DataFrame(d, index=index), "b": pd.DataFrame(np.zeros_like(d), index=index)}
+    table = pd.DataFrame(
+        {"configuration": [A, B], "impl": ["ours", "ours"], "config_id": ["a", "b"], "n": [d.shape[1]] * 2,
+         "collapsed_seeds": [(), ()]}
+    )  # fmt: skip
+    return findings.check([findings.parse(claim)], table, correct, plan, "2026-02-01").iloc[0]
+
+
+def test_the_committed_full_scale_plan_is_found_hashed_and_spends_its_alpha_over_its_looks() -> None:
+    plan = plan_module.load_plan(CONF_DIR.parent / "results" / "imdb_rank_target" / "full_minilm")
+    assert plan is not None and plan.looks == (3, 6) and plan.max_seeds == 6
+    path = CONF_DIR.parent / plan.file
+    assert plan.sha256 == hashlib.sha256(path.read_bytes()).hexdigest()
+    levels = plan.levels(0.05 / 10)
+    assert sum(levels) == pytest.approx(0.05 / 10) and levels[0] < levels[1] / 10  # little spent early
+
+
+def test_a_planned_claim_is_read_at_its_looks_only_and_stops_at_the_first_decisive_one() -> None:
+    rng, plan = np.random.default_rng(21), two_looks()
+    truth = stats.Crossed(
+        mean=0.20, seeds=6, examples=400, seed_var=0.005**2, example_var=0.01, residual_var=0.1, per_seed=()
+    )
+    d = gaussian_study(rng, truth, 6)
+    first = decide_planned(d[:, :2], BETTER, plan)
+    assert (
+        first["verdict"] == "inconclusive"
+        and first["to_decide"] == "first look at 3 seeds of both rows (2 now)"
+    )
+    at_look_1 = decide_planned(d[:, :4], BETTER, plan)
+    assert at_look_1["verdict"] == "holds" and at_look_1["to_decide"] == "decided at look 1 of 2"
+    assert at_look_1["seeds"] == 3 and at_look_1["looks"].count("look ") == 1
+    later = decide_planned(d, BETTER, plan)  # seeds 3-5 arrive after the claim stopped: nothing changes
+    assert later["looks"] == at_look_1["looks"] and later["standing"] == "confirmatory"
+    small = gaussian_study(rng, replace(truth, mean=0.0), 4)
+    assert decide_planned(small, BETTER, plan)["to_decide"] == "next look at 6 seeds"
+
+
+@pytest.mark.slow
+def test_false_holds_over_both_looks_of_a_plan_stay_within_alpha() -> None:
+    """The union bound: a null on the boundary, read at 3 and 6 seeds, holds at most alpha of the time."""
+    truth = stats.Crossed(
+        mean=0.0, seeds=6, examples=300, seed_var=0.01**2, example_var=0.01, residual_var=0.1, per_seed=()
+    )
+    rng, plan, studies = np.random.default_rng(22), two_looks(), 800
+    holds = sum(
+        decide_planned(gaussian_study(rng, truth, 6), BETTER, plan)["verdict"] == "holds"
+        for _ in range(studies)
+    )
+    assert holds / studies <= 0.05 + 3 * math.sqrt(0.05 * 0.95 / studies)

@@ -15,6 +15,7 @@ from pathlib import Path
 
 from lora_lab.analysis import findings as findings_module
 from lora_lab.analysis import load_reference, load_runs, load_wandb_runs, plot, rates, summarize, write_tables
+from lora_lab.analysis.plan import load_plan
 from lora_lab.analysis.plot import plot_findings
 from lora_lab.analysis.runs import correctness
 from lora_lab.analysis.table import add_latency, read_bench, to_markdown
@@ -59,7 +60,11 @@ def main(argv: list[str] | None = None) -> None:
         tuning = runs["eval_split"].iloc[0] == "dev"  # a learning-rate pilot: rates, no verdicts
         skip = args.claims == "none" or tuning
         claims = None if skip else findings_module.load_claims(experiment, args.claims)
-        findings = findings_module.check(claims, table, correct) if claims and correct else None
+        plan = load_plan(args.results) if args.source == "store" else None
+        first_run = runs["finished_at"].dropna().min() if "finished_at" in runs else None
+        findings = (
+            findings_module.check(claims, table, correct, plan, first_run) if claims and correct else None
+        )
     except (FileNotFoundError, ValueError) as err:
         print(f"error: {err}", file=sys.stderr)
         sys.exit(2)  # bad input, as the runner says it
@@ -79,8 +84,8 @@ def main(argv: list[str] | None = None) -> None:
         print(rates.to_markdown(chosen))
         written.append(rates.write_rates(chosen, args.results, notes))
     if findings is not None:
-        print(findings_module.to_markdown(findings, table))
-        written += findings_module.write_findings(findings, table, args.results, notes)
+        print(findings_module.to_markdown(findings, table, plan))
+        written += findings_module.write_findings(findings, table, args.results, notes, plan)
         plot_findings(
             findings, args.results, title=f"{experiment}: claims, a - b with the interval that decides"
         )

@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import difflib
 import math
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -33,6 +34,7 @@ from omegaconf import OmegaConf
 from scipy import stats as scipy_stats
 
 from lora_lab.analysis import stats
+from lora_lab.analysis.plan import Plan
 from lora_lab.analysis.runs import NO_IMPL
 from lora_lab.atomic import write_text_atomic
 from lora_lab.config import EXPERIMENTS_DIR, is_number
@@ -292,9 +294,17 @@ def _valid(mapping: dict, key: str, check_value, where: str) -> None:
         raise ValueError(f"{where}: {key}={mapping[key]!r} is not allowed; use {wanted}")
 
 
-def check(claims: list[Claim], table: pd.DataFrame, correct: dict[str, pd.DataFrame]) -> pd.DataFrame:
+def check(
+    claims: list[Claim],
+    table: pd.DataFrame,
+    correct: dict[str, pd.DataFrame],
+    plan: Plan | None = None,
+    first_run: str | None = None,
+) -> pd.DataFrame:
     """One row per checked claim (and per claim re-checked without collapsed runs), with the verdict, the
-    deciding interval, the per-seed differences and the seeds a study would need."""
+    deciding interval, the per-seed differences and the seeds a study would need. With a `plan`, each claim is
+    read at the plan's looks only, at the level each look spends, and stops at its first decisive look; the
+    claims the plan names are confirmatory when it was committed before the first run (`first_run`)."""
     expanded = [c for claim in claims for c in claim.expand(table)]
     collapsed = dict(zip(table["config_id"], table["collapsed_seeds"], strict=True))
     cases = []  # (claim, variant, difference matrix or None, why not, collapsed runs)
@@ -315,6 +325,21 @@ def check(claims: list[Claim], table: pd.DataFrame, correct: dict[str, pd.DataFr
     family = sum(1 for _, variant, d, _, _ in cases if not variant and d is not None and d.shape[1] >= 2)
     level = 1 - 2 * ALPHA / max(family, 1)
     rows = [_row_of(claim, variant, d, why, shown, family, level) for claim, variant, d, why, shown in cases]
+    if plan is not None:
+        before = plan.committed is not None and (first_run is None or plan.committed < first_run)
+        for row, (claim, variant, d, _, _) in zip(rows, cases, strict=True):
+            planned = before and claim.statement not in plan.excluded and not variant
+            row |= {"plan": plan.sha256[:12], "standing": "confirmatory" if planned else "exploratory"}
+            if d is not None and not variant and d.shape[1] >= 2:
+                row |= _sequential(claim, d, plan, family)
+                effect = plan.smallest_effects_pp.get(claim.statement)
+                if row["verdict"] == "inconclusive" and effect is not None:
+                    sized = _plan(claim, stats.Crossed.fit(d.to_numpy()), family, effect)
+                    row |= {
+                        **sized,
+                        "to_decide": f"{row['to_decide']}; at its smallest effect, {effect:g} pp: "
+                        f"{sized['to_decide']}",
+                    }
     grid = list(dict.fromkeys(k for row in rows for k in row if k not in COLUMNS))  # the planner's columns
     return pd.DataFrame(rows).reindex(columns=COLUMNS + grid)
 
@@ -379,6 +404,48 @@ def _row_of(
     return row | plan
 
 
+def _sequential(claim: Claim, d: pd.DataFrame, plan: Plan, family: int) -> dict:
+    """The claim read at each of the plan's looks its seeds reach (the first `look` seeds in seed order), each
+    at the level that look spends of alpha / family; it stops at its first decisive look. The columns it sets
+    replace the all-seeds reading: what is shown is what decided."""
+    levels, ledger, fit = plan.levels(plan.alpha / family), [], None
+    for number, (seeds, level) in enumerate(zip(plan.looks, levels, strict=True), start=1):
+        if d.shape[1] < seeds:
+            break
+        fit = stats.Crossed.fit(d[sorted(d.columns)[:seeds]].to_numpy())
+        low, high = (min(max(100 * v, -100.0), 100.0) for v in fit.interval(1 - 2 * level))
+        verdict = claim.verdict(low, high)
+        ledger.append((number, seeds, 100 * fit.mean, low, high, level, verdict, claim.p(fit)))
+        if verdict != "inconclusive":
+            break
+    if not ledger:
+        wait = f"first look at {plan.looks[0]} seeds of both rows ({d.shape[1]} now)"
+        return {"verdict": "inconclusive", "to_decide": wait, "looks": "", "ci_low": None, "ci_high": None}
+    number, seeds, diff, low, high, level, verdict, p = ledger[-1]
+    if verdict != "inconclusive":
+        status = f"decided at look {number} of {len(plan.looks)}"
+    elif seeds == plan.max_seeds:
+        status = f"inconclusive at the plan's maximum, {plan.max_seeds} seeds"
+    else:
+        status = f"next look at {plan.looks[number]} seeds"
+    return {
+        "seeds": seeds,
+        "diff_pp": diff,
+        "ci_low": low,
+        "ci_high": high,
+        "ci_level": 1 - 2 * level,
+        "df": seeds - 1,
+        "p": p,
+        "p_adjusted": min(1.0, p * plan.alpha / family / level),  # below alpha exactly when the look decides
+        "verdict": verdict,
+        "to_decide": status,
+        "looks": "; ".join(
+            f"look {n} ({k} seeds): {x:+.2f} [{lo:+.2f}, {hi:+.2f}] at one-sided {a:.2g}, {v}"
+            for n, k, x, lo, hi, a, v, _ in ledger
+        ),
+    }
+
+
 def _leave_one_out(claim: Claim, d: pd.DataFrame, level: float, verdict: str) -> str:
     """The verdict with each seed left out in turn, at the same level: how many agree with `verdict`, and the
     seeds whose absence changes it (a claim that holds only with one seed in rests on that seed)."""
@@ -393,11 +460,13 @@ def _leave_one_out(claim: Claim, d: pd.DataFrame, level: float, verdict: str) ->
     return agree + (f"; without seed {', '.join(changed)}" if changed else "")
 
 
-def _plan(claim: Claim, diff: stats.Crossed, family: int) -> dict:
+def _plan(claim: Claim, diff: stats.Crossed, family: int, effect_pp: float | None = None) -> dict:
     """Seeds needed for power 0.8 at the study's test size and a few larger ones, under the same test, if the
-    true difference were the observed one and the seed variance at its upper 80% bound (never fewer seeds
-    than the study has)."""
+    true difference were the observed one (or `effect_pp` beyond the claim's threshold; 0 for equivalence)
+    and the seed variance at its upper 80% bound (never fewer seeds than the study has)."""
     sizes = sorted({diff.examples, max(diff.examples, FULL_TEST_SET)}) + [math.inf]
+    if effect_pp is not None:
+        diff = replace(diff, mean=0.0 if claim.two_sided else (claim.threshold_pp + effect_pp) / 100)
     if claim.margin(100 * diff.mean) <= 0:
         text = "the observed difference lies on the claim's wrong side: no study size makes it hold"
         return {"to_decide": text, **{_grid_column(n): None for n in sizes}}
@@ -460,8 +529,27 @@ def stability(table: pd.DataFrame) -> pd.DataFrame:
     return pd.DataFrame(rows)
 
 
-def to_markdown(findings: pd.DataFrame, table: pd.DataFrame) -> str:
-    """The findings table, how it was decided, and the rows that collapsed."""
+def _ledger(findings: pd.DataFrame, plan: Plan) -> list[str]:
+    """The plan the verdicts follow, and each claim's looks so far: the ledger."""
+    looks = ", ".join(map(str, plan.looks))
+    lines = [
+        "\n### The plan and its looks\n",
+        f"Plan `{plan.file}` (version {plan.version}, sha256 {plan.sha256[:12]}, first committed "
+        f"{plan.committed or 'outside git'}): looks at {looks} seeds per row, at most {plan.max_seeds}; "
+        f"alpha {plan.alpha:g} over the claims (Bonferroni), each claim's share spent over the looks by "
+        f"`{plan.spending}` (`lora_lab/analysis/plan.py`); a claim stops at its first decisive look. "
+        "Confirmatory: a claim of the plan, committed before the study's first run; exploratory: the rest.\n",
+        "| Claim | Standing | Looks (Δ pp, interval, one-sided level, verdict) |",
+        "|---|---|---|",
+    ]
+    for r in findings[findings["variant"] == ""].to_dict("records"):
+        lines.append(f"| {r['claim']} | {r.get('standing', '')} | {_text(r.get('looks')) or 'none yet'} |")
+    return lines
+
+
+def to_markdown(findings: pd.DataFrame, table: pd.DataFrame, plan: Plan | None = None) -> str:
+    """The findings table, how it was decided, the plan's ledger when there is one, and the rows that
+    collapsed."""
     checked = findings.dropna(subset=["diff_pp"]) if "diff_pp" in findings else findings.iloc[:0]
     level = 100 * findings["ci_level"].iloc[0] if len(findings) else 95.0
     lines = [
@@ -495,6 +583,8 @@ def to_markdown(findings: pd.DataFrame, table: pd.DataFrame) -> str:
             "difference were the one observed and the seed variance at its upper 80% bound (findings.csv has "
             "them at more test examples too)."
         )
+    if plan is not None:
+        lines += _ledger(findings, plan)
     unstable = stability(table)
     unstable = unstable[unstable["collapsed"] > 0]
     lines.append("\n### Stability: runs that collapsed (one class, or accuracy at chance)\n")
@@ -525,12 +615,16 @@ def _p(p: float) -> str:
 
 
 def write_findings(
-    findings: pd.DataFrame, table: pd.DataFrame, out: str | Path, notes: list[str] = ()
+    findings: pd.DataFrame,
+    table: pd.DataFrame,
+    out: str | Path,
+    notes: list[str] = (),
+    plan: Plan | None = None,
 ) -> list[Path]:
     out = Path(out)
     return [
         write_text_atomic(
-            out / "findings.md", to_markdown(findings, table) + "".join(f"\n{n}\n" for n in notes)
+            out / "findings.md", to_markdown(findings, table, plan) + "".join(f"\n{n}\n" for n in notes)
         ),
         write_text_atomic(out / "findings.csv", findings.to_csv(index=False, float_format="%.4f")),
     ]

@@ -105,6 +105,7 @@ def frame(records: list[Record], where: str, folder: Path | None = None) -> pd.D
         for r in complete
     ]
     df["row"] = [_row(r.config) for r in complete]
+    df["finished_at"] = [r.finished_at for r in complete]  # a plan committed after the first is no plan
     df["lr"] = [r.config.get("method", {}).get("lr") for r in complete]
     df["eval_split"] = [r.config.get("data", {}).get("eval_split") or "test" for r in complete]
     df["collapsed"] = [

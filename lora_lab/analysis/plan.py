@@ -1,0 +1,116 @@
+"""A study's plan, fixed before the data it judges: experiments/<study>/plan*.yaml.
+
+It names the results folder it governs, the most seeds a row gets (`max_seeds`), the seed counts at which the
+claims are read (`looks`), the family-wise `alpha`, how that alpha is spent over the looks, and each `better`
+claim's smallest effect of interest (what the planner sizes for). The findings cite the file's sha256.
+
+Spending: a claim judged at level a (alpha over the claims in the family: Bonferroni) spends a over the looks
+by the Lan-DeMets O'Brien-Fleming-type function f(t) = 2 - 2 Phi(z_{1-a/2} / sqrt(t)), t = seeds / max_seeds,
+so look j tests at f(t_j) - f(t_{j-1}). The looks are combined by the union bound: the chance of any false
+verdict over all looks is at most the sum, a, whatever the degrees of freedom, at some cost in power against
+one look at max_seeds (Lan & DeMets 1983, Biometrika 70:659; Jennison & Turnbull 2000, ch. 7). Looks are taken
+on the first `looks[j]` seeds in seed order, so a look's data are fixed once those seeds exist, and rerunning
+the analysis rebuilds the same ledger.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import math
+import subprocess
+from dataclasses import dataclass
+from pathlib import Path
+
+from omegaconf import OmegaConf
+from scipy import stats
+
+from lora_lab.config import EXPERIMENTS_DIR, is_int, is_number
+
+REQUIRED = ("version", "study", "results", "claims", "alpha", "max_seeds", "looks", "spending")
+OPTIONAL = ("learning_rates", "unit", "test", "futility", "smallest_effects_pp", "excluded")
+
+
+def obrien_fleming(t: float, a: float) -> float:
+    """The share of `a` spent by information fraction t (0 < t <= 1); f(1) = a."""
+    return 2 - 2 * stats.norm.cdf(stats.norm.ppf(1 - a / 2) / math.sqrt(t))
+
+
+SPENDING = {"obrien_fleming_union": obrien_fleming}
+
+
+@dataclass(frozen=True)
+class Plan:
+    file: str  # the plan's path, relative to the repository
+    sha256: str
+    version: int
+    alpha: float
+    max_seeds: int
+    looks: tuple[int, ...]
+    spending: str
+    smallest_effects_pp: dict
+    excluded: dict
+    committed: str | None  # when git first recorded the file (ISO date), None outside a git checkout
+
+    def levels(self, a: float) -> list[float]:
+        """Each look's one-sided level, out of a claim's level `a`."""
+        spent = [SPENDING[self.spending](k / self.max_seeds, a) for k in self.looks]
+        return [now - before for now, before in zip(spent, [0.0, *spent[:-1]], strict=True)]
+
+
+def load_plan(results: str | Path) -> Plan | None:
+    """The plan whose `results` is this folder, or None when no study planned it."""
+    here = Path(results).resolve()
+    for path in sorted(EXPERIMENTS_DIR.glob("*/plan*.yaml")):
+        spec = OmegaConf.to_container(OmegaConf.load(path))
+        if (EXPERIMENTS_DIR.parent / str(spec.get("results", ""))).resolve() == here:
+            return parse(spec, path)
+    return None
+
+
+def parse(spec: dict, path: Path) -> Plan:
+    """A plan file checked as a claims file is: each key known, each value in range; errors name the file."""
+    where = f"{path}"
+    unknown = sorted(set(spec) - set(REQUIRED) - set(OPTIONAL))
+    missing = [k for k in REQUIRED if k not in spec]
+    if unknown or missing:
+        raise ValueError(f"{where}: unknown keys {unknown} / missing keys {missing}; see {__name__}")
+    looks = spec["looks"]
+    ok = isinstance(looks, list) and looks and all(is_int(k) and k >= 2 for k in looks)
+    if not ok or looks != sorted(set(looks)) or looks[-1] != spec["max_seeds"]:
+        raise ValueError(f"{where}: looks={looks!r}; use increasing seed counts >= 2 ending at max_seeds")
+    if not (is_number(spec["alpha"]) and 0 < spec["alpha"] < 1):
+        raise ValueError(f"{where}: alpha={spec['alpha']!r}; use a level in (0, 1)")
+    if spec["spending"] not in SPENDING:
+        raise ValueError(f"{where}: spending={spec['spending']!r}; use one of {', '.join(SPENDING)}")
+    effects = spec.get("smallest_effects_pp") or {}
+    bad = {k: v for k, v in effects.items() if not (is_number(v) and v > 0)}
+    if bad:
+        raise ValueError(f"{where}: smallest_effects_pp {bad}; use effects > 0 (accuracy points)")
+    return Plan(
+        file=str(path.resolve().relative_to(EXPERIMENTS_DIR.parent)),
+        sha256=hashlib.sha256(path.read_bytes()).hexdigest(),
+        version=spec["version"],
+        alpha=float(spec["alpha"]),
+        max_seeds=spec["max_seeds"],
+        looks=tuple(looks),
+        spending=spec["spending"],
+        smallest_effects_pp=effects,
+        excluded=spec.get("excluded") or {},
+        committed=_first_commit(path),
+    )
+
+
+def _first_commit(path: Path) -> str | None:
+    """The date of the first commit that holds `path`: what shows the plan came before the runs it judges."""
+    try:
+        out = subprocess.run(
+            ["git", "log", "--diff-filter=A", "--format=%cI", "--", path.name],
+            cwd=path.parent,
+            capture_output=True,
+            text=True,
+            timeout=10,
+        )
+    except (OSError, subprocess.TimeoutExpired):
+        return None
+    dates = out.stdout.split()
+    return dates[-1] if out.returncode == 0 and dates else None
