@@ -14,6 +14,7 @@ export LORA_LAB_ASSETS ?= $(abspath ../shared)
 test: .venv/installed
 	$(PY) -m ruff check lora_lab tests experiments notebooks
 	$(PY) -m ruff format --check lora_lab tests experiments notebooks
+	$(PY) -m mypy lora_lab
 	$(PY) -m mkdocs build --strict --site-dir $$(mktemp -d)
 	$(PY) -m pytest -q -n 2 --durations=15 tests
 

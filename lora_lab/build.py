@@ -13,7 +13,7 @@ from lora_lab.hardware import DTYPES
 
 def positions_of(shape: object) -> int:
     """How many positions a model's config allows (0: no limit it states); GPT-2 calls them n_positions."""
-    return getattr(shape, "max_position_embeddings", None) or getattr(shape, "n_positions", 0)
+    return int(getattr(shape, "max_position_embeddings", None) or getattr(shape, "n_positions", None) or 0)
 
 
 def check_shapes(shape: object, cfg: DictConfig, vocab: int | None = None) -> None:

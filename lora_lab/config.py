@@ -138,8 +138,8 @@ def fail(err: BaseException) -> None:
         raise err
     if isinstance(err, MissingConfigException) and err.options:  # e.g. model=nope
         message = f"{str(err).splitlines()[0]}; choose one of: {', '.join(err.options)}"
-    elif hydra_message(err):  # e.g. trainer.epoch=1
-        message = hydra_message(err)
+    elif rewritten := hydra_message(err):  # e.g. trainer.epoch=1
+        message = rewritten
     elif isinstance(err, OverrideParseException):  # e.g. rank=[
         message = f"cannot parse the override {err.override!r}: {err.message.splitlines()[0]}"
     else:

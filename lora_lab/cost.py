@@ -44,6 +44,7 @@ def estimate(experiment: str, steps: int = 8, eval_size: int = 256) -> pd.DataFr
                 "force=true",
             ]
             record = run.run(config.compose([*job, *sample]))
+            assert record is not None, "a fresh results_dir: the sample always runs"
             study_steps = math.ceil(len(train) / full.trainer.batch_size) * full.trainer.epochs
             if full.trainer.max_steps:
                 study_steps = min(study_steps, full.trainer.max_steps)

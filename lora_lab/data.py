@@ -12,7 +12,7 @@ import io
 import json
 import re
 import sys
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from pathlib import Path
 
 import numpy as np
@@ -130,7 +130,7 @@ def _read_aclimdb_split(path: Path) -> pd.DataFrame:
     return pd.DataFrame(rows, columns=[*COLUMNS, "review_id"])
 
 
-def _read_hub(dataset_id: str, local: str | None) -> dict[str, pd.DataFrame]:
+def _read_hub(dataset_id: str, local: Mapping | None) -> dict[str, pd.DataFrame]:
     import datasets  # imported here: it is slow to import and only this path needs it
 
     try:

@@ -55,7 +55,7 @@ def pick_cheap_dropout(setting: str | bool, device: torch.device) -> bool:
     """trainer.cheap_dropout resolved: auto draws `lora_lab.dropout` masks on the CPU only, where they were
     measured faster (README, Performance); on CUDA the fused kernels keep their own dropout."""
     require(setting in CHEAP_DROPOUT, "trainer.cheap_dropout", setting, "auto, true or false")
-    return device.type == "cpu" if setting == "auto" else setting
+    return device.type == "cpu" if setting == "auto" else bool(setting)
 
 
 def autocast(device: torch.device, precision: str) -> torch.autocast:

@@ -34,7 +34,7 @@ def targets_of(model: nn.Module, targets: str | Sequence[str]) -> str | list[str
         return list(targets)
     if targets in TARGET_LABELS:
         return list(family_of(model).targets[targets])
-    return targets  # "all-linear" or a regex
+    return str(targets)  # "all-linear" or a regex
 
 
 def train_only(model: nn.Module, names: Sequence[str]) -> nn.Module:

@@ -18,6 +18,7 @@ from collections.abc import Iterable
 from functools import cache
 from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -138,7 +139,7 @@ def identity(config: dict, kind: str, with_seed: bool = True) -> dict:
     ident = copy.deepcopy(config)
     for dotted in ignored:
         *parents, key = dotted.split(".")
-        node = ident
+        node: object = ident
         for parent in parents:
             node = node.get(parent) if isinstance(node, dict) else None
         if isinstance(node, dict):
@@ -146,7 +147,7 @@ def identity(config: dict, kind: str, with_seed: bool = True) -> dict:
     return _without_nulls(ident)
 
 
-def _without_nulls(value: object) -> object:
+def _without_nulls(value: Any) -> Any:
     if isinstance(value, dict):
         return {k: _without_nulls(v) for k, v in value.items() if v is not None}
     return value

@@ -9,6 +9,7 @@ from __future__ import annotations
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
+from typing import Any
 
 from omegaconf import DictConfig
 
@@ -46,7 +47,7 @@ def wandb_run(cfg: DictConfig, name: str) -> Iterator[object | None]:
         return
     import wandb
 
-    mode = cfg.logger.mode or ("online" if _wandb_logged_in() else "offline")
+    mode: Any = cfg.logger.mode or ("online" if _wandb_logged_in() else "offline")
     folder = Path(cfg.results_dir) / cfg.experiment_name
     folder.mkdir(parents=True, exist_ok=True)
     run = wandb.init(
@@ -68,7 +69,7 @@ def wandb_run(cfg: DictConfig, name: str) -> Iterator[object | None]:
         run.finish()
 
 
-def log_record(run: object, record: dict, log_every: int) -> None:
+def log_record(run: Any, record: dict, log_every: int) -> None:
     """The record's loss curve as wandb steps, and its scalar fields as the run's summary."""
     for step, loss in enumerate(record.get("train_loss_curve") or []):
         run.log({"train/loss": loss}, step=step * log_every)

@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import difflib
 import math
+from collections.abc import Sequence
 from dataclasses import replace
 from pathlib import Path
 
@@ -618,7 +619,7 @@ def write_findings(
     findings: pd.DataFrame,
     table: pd.DataFrame,
     out: str | Path,
-    notes: list[str] = (),
+    notes: Sequence[str] = (),
     plan: Plan | None = None,
 ) -> list[Path]:
     out = Path(out)

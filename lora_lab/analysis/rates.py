@@ -8,6 +8,7 @@ python -m lora_lab.analysis results/imdb_methods/lr_pilot
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import Path
 
 import pandas as pd
@@ -66,5 +67,5 @@ def to_markdown(rates: pd.DataFrame) -> str:
     return "\n".join(lines) + "\n"
 
 
-def write_rates(rates: pd.DataFrame, out: str | Path, notes: list[str] = ()) -> Path:
+def write_rates(rates: pd.DataFrame, out: str | Path, notes: Sequence[str] = ()) -> Path:
     return write_text_atomic(Path(out) / "rates.md", to_markdown(rates) + "".join(f"\n{n}\n" for n in notes))

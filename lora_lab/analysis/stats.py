@@ -66,7 +66,7 @@ class Crossed:
             per_seed=tuple(float(m) for m in seed_means),
         )
 
-    def se_df(self, seeds: int | None = None, examples: int | None = None) -> tuple[float, float]:
+    def se_df(self, seeds: int | None = None, examples: float | None = None) -> tuple[float, float]:
         """Standard error of the mean and its degrees of freedom (the seeds'), for this study or for one of
         `seeds` x `examples` with the same variance components (examples=math.inf: a test set without
         sampling error)."""

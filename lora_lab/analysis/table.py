@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import math
+from collections.abc import Sequence
 from pathlib import Path
 
 import pandas as pd
@@ -194,7 +195,7 @@ def add_latency(
     return table.assign(latency_x_base=table["config_id"].map(ratios).astype(float))
 
 
-def write_tables(table: pd.DataFrame, out: str | Path, notes: list[str] = ()) -> list[Path]:
+def write_tables(table: pd.DataFrame, out: str | Path, notes: Sequence[str] = ()) -> list[Path]:
     """table.md (with `notes` below it: what was read, which runs failed), table.csv and table.tex."""
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
