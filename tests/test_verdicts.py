@@ -278,7 +278,7 @@ def test_the_planner_sizes_at_an_upper_bound_of_the_seed_variance_never_below_th
 def two_looks(max_seeds: int = 6) -> plan_module.Plan:
     """A plan of looks at half and all of `max_seeds`, alpha 0.05, O'Brien-Fleming spending."""
     return plan_module.Plan(
-        file="plan.yaml", sha256="0" * 64, version=1, alpha=0.05, max_seeds=max_seeds,
+        file="plan.yaml", sha256="0" * 64, claims="claims.yaml", version=1, alpha=0.05, max_seeds=max_seeds,
         looks=(max_seeds // 2, max_seeds), spending="obrien_fleming_union", smallest_effects_pp={},
         excluded={}, committed="2026-01-01T00:00:00+00:00",
     )  # fmt: skip

@@ -42,6 +42,7 @@ SPENDING = {"obrien_fleming_union": obrien_fleming}
 class Plan:
     file: str  # the plan's path, relative to the repository
     sha256: str
+    claims: str  # the claims file it judges, relative to the repository
     version: int
     alpha: float
     max_seeds: int
@@ -87,8 +88,9 @@ def parse(spec: dict, path: Path) -> Plan:
     if bad:
         raise ValueError(f"{where}: smallest_effects_pp {bad}; use effects > 0 (accuracy points)")
     return Plan(
-        file=str(path.resolve().relative_to(EXPERIMENTS_DIR.parent)),
+        file=_shown(path),
         sha256=hashlib.sha256(path.read_bytes()).hexdigest(),
+        claims=str(spec["claims"]),
         version=spec["version"],
         alpha=float(spec["alpha"]),
         max_seeds=spec["max_seeds"],
@@ -98,6 +100,12 @@ def parse(spec: dict, path: Path) -> Plan:
         excluded=spec.get("excluded") or {},
         committed=_first_commit(path),
     )
+
+
+def _shown(path: Path) -> str:
+    """The plan's path as findings cite it: relative to the repository when it is inside it."""
+    path, root = path.resolve(), EXPERIMENTS_DIR.parent.resolve()
+    return str(path.relative_to(root)) if path.is_relative_to(root) else str(path)
 
 
 def _first_commit(path: Path) -> str | None:
