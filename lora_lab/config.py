@@ -118,6 +118,14 @@ def hydra_message(err: BaseException) -> str | None:
     return None
 
 
+SEED_SOURCES = ("init", "data_order", "dropout")  # each has a setting `<source>_seed`, null meaning `seed`
+
+
+def seeds_of(cfg: DictConfig) -> dict[str, int]:
+    """The seed of each source of randomness, resolved: its own setting, or the master `seed`."""
+    return {s: cfg.seed if cfg.get(f"{s}_seed") is None else cfg.get(f"{s}_seed") for s in SEED_SOURCES}
+
+
 def is_int(value: object) -> bool:
     return isinstance(value, int) and not isinstance(value, bool)
 

@@ -17,7 +17,7 @@ from omegaconf import DictConfig, ListConfig, OmegaConf
 from torch import nn
 
 from lora_lab import bottleneck, ia3, lora, probe
-from lora_lab.config import is_int, is_number, require
+from lora_lab.config import is_int, is_number, require, seeds_of
 from lora_lab.data import Encoded
 from lora_lab.lora.inject import name_matches
 from lora_lab.lora.layer import RANDOM_INITS, random_a
@@ -219,7 +219,7 @@ class LoRA(Method):
         else:
             model = _peft_lora(model, targets, saved, settings)
         if settings.init in RANDOM_INITS:
-            _seed_lora_a(model, settings.init, cfg.seed)
+            _seed_lora_a(model, settings.init, seeds_of(cfg)["init"])
         if cfg.get("lora_plus_ratio"):
             _mark_lora_plus(model, cfg.lora_plus_ratio)
         return model

@@ -31,7 +31,10 @@ from lora_lab.train import NonFiniteLoss, fit
 
 def check(cfg: DictConfig) -> None:
     """Every setting that can be checked without loading anything, so bad input fails in a second."""
-    require(is_int(cfg.seed) and 0 <= cfg.seed < 2**32, "seed", cfg.seed, "an integer in [0, 2**32)")
+    for key in ("seed", *(f"{s}_seed" for s in config.SEED_SOURCES)):
+        value = cfg.get(key)
+        ok = (value is None and key != "seed") or (is_int(value) and 0 <= value < 2**32)
+        require(ok, key, value, "an integer in [0, 2**32)" + ("" if key == "seed" else ", or null for seed"))
     store.check_outputs(cfg.results_dir, cfg.experiment_name)
     tracking.check_logger(cfg.logger)
     for key in ("force", "double_quant"):
@@ -120,7 +123,8 @@ def prepare(job: Job) -> Prepared:
     the tokenised sets, and the record's description of the run."""
     cfg = job.cfg
     tokenizer = models.load_tokenizer(cfg.model)
-    torch.manual_seed(cfg.seed)  # the new head's init: the same for every method and impl
+    seeds = config.seeds_of(cfg)
+    torch.manual_seed(seeds["init"])  # the new head's init (and PEFT's adapters'): the same for every method
     model = build_model(cfg, pad_token_id=tokenizer.pad_token_id, vocab=len(tokenizer))
     trainable, total = params.count(model)
     train_set, eval_set = (
@@ -157,6 +161,7 @@ def prepare(job: Job) -> Prepared:
         "rank": cfg.rank if "rank" in method.settings else None,
         "impl": impl,
         "seed": cfg.seed,
+        "seeds": seeds,
         "model": cfg.model.name,
         "quant": cfg.quant,
         **job.inputs,
@@ -187,6 +192,7 @@ def train_and_score(job: Job, prepared: Prepared) -> pd.DataFrame | None:
     """The one training loop, then scoring (merged where the method folds); the record takes the metrics or,
     when the loss stopped being finite, the reason it failed. Returns the predictions of a complete run."""
     cfg, record, model = job.cfg, prepared.record, prepared.model
+    seeds = config.seeds_of(cfg)
     started = time.time()
     try:
         result = fit(
@@ -195,8 +201,9 @@ def train_and_score(job: Job, prepared: Prepared) -> pd.DataFrame | None:
             prepared.eval_set,
             cfg.trainer,
             cfg.method.lr,
-            cfg.seed,
+            seeds["dropout"],
             prepared.tokenizer.pad_token_id,
+            order_seed=seeds["data_order"],
             pad_left=prepared.tokenizer.padding_side == "left" or prepared.method.pads_left(model),
             scoring=prepared.method.merged(model, cfg) if cfg.trainer.merge_eval else nullcontext(),
         )

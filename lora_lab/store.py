@@ -70,6 +70,7 @@ class Record:
     targets: str | list | None = None
     rank: int | None = None
     impl: str | None = None  # ours | peft (methods with an implementation)
+    seeds: dict | None = None  # the seed of each source of randomness, resolved (config.seeds_of)
     quant: str | None = None
     weights: dict | None = None  # pretrained weights loaded: {"source", "file", "sha256"} (models.weights_of)
     data: dict | None = None  # {"train"|"eval": {"examples", "sha256"}} (data.fingerprint) of what it ran on

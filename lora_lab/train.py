@@ -141,11 +141,13 @@ def fit(
     pad_id: int,
     pad_left: bool = False,
     scoring: AbstractContextManager | None = None,
+    order_seed: int | None = None,
 ) -> Fit:
     """Train `model` on `train`, evaluate on `evaluation` inside `scoring` (e.g. the method's merged
     weights); returns the metrics a run record keeps.
 
-    `cfg` is the trainer config. Raises NonFiniteLoss when the loss stops being finite; the loss is read
+    `cfg` is the trainer config. `seed` starts the dropout draws, `order_seed` (default: `seed`) the order of
+    the training batches. Raises NonFiniteLoss when the loss stops being finite; the loss is read
     (and checked) once per `log_every` steps, so a GPU is not made to wait every step.
     """
     if cfg.device == "auto" or cfg.precision not in DTYPES:
@@ -167,13 +169,14 @@ def fit(
     reset_peak_memory(device)
 
     torch.manual_seed(seed)  # dropout draws start from the same state for every method and impl
+    order = seed if order_seed is None else order_seed  # the batches' order: its own seed, or the dropout's
     losses, window_sum, window, step, seen, tokens = [], 0.0, 0, 0, 0, 0
     bar = tqdm(total=total, desc="train", unit="step", disable=not cfg.progress, file=sys.stderr)
     start = time.perf_counter()
     model.train()
     for epoch in range(cfg.epochs):
         for batch in batches(
-            train, cfg.batch_size, pad_id, shuffle=True, seed=seed + epoch, pad_left=pad_left
+            train, cfg.batch_size, pad_id, shuffle=True, seed=order + epoch, pad_left=pad_left
         ):
             if step == total:
                 break

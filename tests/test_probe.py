@@ -99,3 +99,22 @@ def test_seeds_of_real_minilm_share_the_encoded_evaluation_reviews(tmp_path, tok
     recs = [json.loads(p.read_text()) for p in runs]
     assert [r["label"] for r in recs] == ["Classification Head Only (cached features)"] * 2
     assert all(r["trainable_params"] == 384 * 2 + 2 for r in recs)  # MiniLM's head, as head-only's
+
+
+def test_the_dropout_seed_moves_only_dropout_and_the_order_seed_only_the_batches(tmp_path) -> None:
+    """Without any dropout, the dropout seed changes nothing; the order seed changes the run; with dropout on
+    and the order fixed, the dropout seed changes it (run.py feeds them dropout_seed and data_order_seed)."""
+    train, evaluation = tokens(40, seed=1), tokens(24, seed=2)
+    cfg = config("head_only", tmp_path)
+
+    def curve(family_kw: dict, seed: int, order_seed: int) -> list[float]:
+        torch.manual_seed(0)
+        model = methods.prepare(tiny_model("bert", **family_kw), cfg)
+        return fit(
+            model, train, evaluation, cfg.trainer, 0.05, seed=seed, pad_id=0, order_seed=order_seed
+        ).train_loss_curve
+
+    quiet = NO_DROPOUT["bert"]
+    assert curve(quiet, seed=1, order_seed=5) == curve(quiet, seed=2, order_seed=5)
+    assert curve(quiet, seed=1, order_seed=5) != curve(quiet, seed=1, order_seed=6)
+    assert curve({}, seed=1, order_seed=5) != curve({}, seed=2, order_seed=5)
