@@ -467,7 +467,10 @@ def main(argv: list[str] | None = None) -> None:
         if value is not None and value < low:
             parser.error(f"--{name.replace('_', '-')} {value}: use a whole number >= {low}")
     models.quiet_libraries()
-    positions = positions_of(models.load_config(config.compose([f"model={args.model}"]).model))
+    if args.against_precision and not args.against:
+        raise SystemExit("--against-precision needs --against COMMIT (the HF Trainer script runs fp32)")
+    bench_model = config.compose([f"model={args.model}", "model.pretrained=false"]).model  # as variants build
+    positions = positions_of(models.load_config(bench_model))
     if positions and args.seq > positions:
         parser.error(f"--seq {args.seq}: use at most the model's {positions} positions")
     if args.allocator == "kept":
@@ -476,8 +479,6 @@ def main(argv: list[str] | None = None) -> None:
         torch.set_num_threads(args.threads)
     device = pick_device(args.device)
     args.precision = pick_precision(args.precision, device)
-    if args.against_precision and not args.against:
-        raise SystemExit("--against-precision needs --against COMMIT (the HF Trainer script runs fp32)")
     args.against_precision = pick_precision(args.against_precision or args.precision, device)
     setting = {"true": True, "false": False}.get(args.cheap_dropout, "auto")
     args.cheap_dropout = pick_cheap_dropout(setting, device)
