@@ -4,11 +4,11 @@ export LORA_LAB_ASSETS ?= $(abspath ../shared)
 
 .PHONY: test test-fast test-gpu demo clean
 
-.venv/installed: pyproject.toml
+.venv/installed: pyproject.toml requirements.lock
 	python3 -m venv .venv
 	$(PY) -m pip install -q --upgrade pip
-	$(PY) -m pip install -q torch==2.13.0   # CPU build from local disk here; unpinned torch pulls GBs of CUDA
-	$(PY) -m pip install -q -e '.[dev,slurm,joblib,qlora,ray]'
+	$(PY) -m pip install -q -r requirements.lock   # exact versions; torch's CPU build (local disk here, not GBs of CUDA)
+	$(PY) -m pip install -q --no-deps -e .
 	touch $@
 
 test: .venv/installed

@@ -146,9 +146,10 @@ def prepare(job: Job) -> Prepared:
             f"[lora-lab] {job.name}: method={cfg.method.kind} does not read {given}; ignored (its record "
             "lists it under not_applicable)"
         )
-    print(
+    print(  # flushed: whoever reads the output through a pipe (tee, a launcher's log) sees training begin
         f"[lora-lab] {job.name}: {label}, impl={impl or 'none'}, trainable {trainable:,} of {total:,} "
-        f"({100 * trainable / total:.2f}%), {len(train_set)} train / {len(eval_set)} eval examples"
+        f"({100 * trainable / total:.2f}%), {len(train_set)} train / {len(eval_set)} eval examples",
+        flush=True,
     )
     resolved = store.resolved(cfg)
     record = {
