@@ -25,7 +25,7 @@ import numpy as np
 import pandas as pd
 from omegaconf import OmegaConf
 
-from lora_lab import config, run, store
+from lora_lab import config, models, run, store
 from lora_lab.atomic import write_text_atomic
 from lora_lab.config import USER_ERRORS
 
@@ -182,6 +182,7 @@ def main(argv: list[str] | None = None) -> None:
     if args.runs < 1:
         parser.error(f"--runs {args.runs}: use a whole number >= 1")
     out = args.out or Path("outputs/replicate") / args.study.name
+    models.quiet_libraries()
     try:
         records = records_of(args.study)
         chosen = choose(records, args.names, args.runs)
