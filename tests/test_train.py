@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import subprocess
 import sys
 import warnings
@@ -173,3 +174,11 @@ def test_a_gpu_run_names_its_gpu(monkeypatch) -> None:
     assert gpu["name"] == "NVIDIA A100-SXM4-40GB" and gpu["capability"] == "8.0"
     assert gpu["memory_gb"] == 40.0 and gpu["cuda"] == torch.version.cuda
     assert gpu_of(torch.device("cpu")) is None
+
+
+def test_every_field_fit_measures_has_a_place_in_the_record() -> None:
+    """A metric added to Fit but not to store.Record would fail the run's write after hours of training."""
+    from lora_lab import store, train
+
+    measured = {f.name for f in dataclasses.fields(train.Fit)} - {"predictions"}
+    assert measured <= {f.name for f in dataclasses.fields(store.Record)}
