@@ -55,16 +55,33 @@ def choose(records: list[dict], names: list[str], count: int) -> list[dict]:
 
 def config_of(record: dict, scratch: Path, overrides: list[str]) -> object:
     """The record's resolved config over today's defaults (keys added since take their defaults, which
-    leave a run as it was), pointed at `scratch`, with `overrides` on top (a planted change)."""
-    base = config.compose([])
+    leave a run as it was), pointed at `scratch`, with `overrides` on top (a planted change). Where files are
+    found (outside a run's identity, and written in an older form by older records) is today's."""
+    base = config.compose([f"model={_model_preset(record)}"])
     OmegaConf.set_struct(base, False)
     cfg = OmegaConf.merge(base, OmegaConf.create(record["config"]))
+    for key in WHERE_FILES_ARE:
+        parent = key.rpartition(".")[0]
+        if OmegaConf.select(base, parent) is not None and OmegaConf.select(cfg, parent) is not None:
+            OmegaConf.update(cfg, key, OmegaConf.select(base, key), merge=False)
     cfg.results_dir, cfg.force = str(scratch), True
     cfg.trainer.progress, cfg.trainer.save_adapter, cfg.logger.wandb = False, False, False
     for override in overrides:
         key, _, value = override.partition("=")
         OmegaConf.update(cfg, key, OmegaConf.create({"v": value}).v if value else None)
     return cfg
+
+
+WHERE_FILES_ARE = ("data.local", "data.cache_dir", "model.local", "model.tokenizer.local")
+
+
+def _model_preset(record: dict) -> str:
+    """The conf/model file whose model the record ran (its local-copy settings are today's)."""
+    for path in sorted((config.CONF_DIR / "model").glob("*.yaml")):
+        if OmegaConf.load(path).get("name") == record["config"]["model"]["name"]:
+            return path.stem
+    name = record["config"]["model"]["name"]
+    raise ValueError(f"{record['name']}: no conf/model file names model {name!r}")
 
 
 def rerun(record: dict, scratch: Path, overrides: list[str]) -> tuple[dict, pd.DataFrame]:
