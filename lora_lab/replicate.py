@@ -167,7 +167,7 @@ def to_markdown(study: Path, results: list[dict], command: str) -> str:
         f"Made by `{command}` on {time.strftime('%Y-%m-%d')}: each run rerun from its record with today's "
         "code and environment, into a scratch folder (the records were only read).\n",
         "| Run | Row | Verdict | Accuracy (record -> rerun) | Δ pp (noise ±) | Predictions agree | "
-        "Seeds agree at least | Loss curve max |Δ| |",
+        "Seeds agree at least | Loss curve, largest difference |",
         "|---|---|---|---|---|---|---|---|",
     ]
     for r in results:
