@@ -168,8 +168,14 @@ def test_ctrl_c_ends_a_run_in_one_line_and_leaves_nothing(tmp_path, token_cache)
         "trainer.epochs=1000",
         f"results_dir={tmp_path / 'r'}",
     ]
-    run_ = subprocess.Popen(
-        cmd, cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+    run_ = subprocess.Popen(  # SIGINT as a terminal gives it, even where the suite runs with it ignored
+        cmd,
+        cwd=tmp_path,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),  # (a background job's is SIG_IGN)
     )
     for line in run_.stdout:  # training has begun once the run has said what it trains
         if "trainable" in line:
