@@ -317,6 +317,7 @@ def test_a_planned_claim_is_read_at_its_looks_only_and_stops_at_the_first_decisi
     at_look_1 = decide_planned(d[:, :4], BETTER, plan)
     assert at_look_1["verdict"] == "holds" and at_look_1["to_decide"] == "decided at look 1 of 2"
     assert at_look_1["seeds"] == 3 and at_look_1["looks"].count("look ") == 1
+    assert at_look_1["p"] < at_look_1["p_adjusted"] < 0.05  # held: below alpha once adjusted for its look
     later = decide_planned(d, BETTER, plan)  # seeds 3-5 arrive after the claim stopped: nothing changes
     assert later["looks"] == at_look_1["looks"] and later["standing"] == "confirmatory"
     small = gaussian_study(rng, replace(truth, mean=0.0), 4)

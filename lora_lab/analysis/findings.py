@@ -409,7 +409,7 @@ def _sequential(claim: Claim, d: pd.DataFrame, plan: Plan, family: int) -> dict:
     """The claim read at each of the plan's looks its seeds reach (the first `look` seeds in seed order), each
     at the level that look spends of alpha / family; it stops at its first decisive look. The columns it sets
     replace the all-seeds reading: what is shown is what decided."""
-    levels, ledger, fit = plan.levels(plan.alpha / family), [], None
+    levels, ledger = plan.levels(plan.alpha / family), []
     for number, (seeds, level) in enumerate(zip(plan.looks, levels, strict=True), start=1):
         if d.shape[1] < seeds:
             break
@@ -437,7 +437,7 @@ def _sequential(claim: Claim, d: pd.DataFrame, plan: Plan, family: int) -> dict:
         "ci_level": 1 - 2 * level,
         "df": seeds - 1,
         "p": p,
-        "p_adjusted": min(1.0, p * plan.alpha / family / level),  # below alpha exactly when the look decides
+        "p_adjusted": min(1.0, p * plan.alpha / level),  # below alpha exactly when this look decides
         "verdict": verdict,
         "to_decide": status,
         "looks": "; ".join(
