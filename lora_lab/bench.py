@@ -72,6 +72,17 @@ def build(args: argparse.Namespace, variant: str) -> tuple[nn.Module, methods.Me
     return model, methods.of(cfg)
 
 
+def optimizer_of(
+    args: argparse.Namespace, variant: str, device: torch.device
+) -> tuple[nn.Module, torch.optim.AdamW]:
+    """`variant` built on `device` for training, and the runner's optimizer for it (fused on CUDA; LoRA+'s
+    groups where the variant has them)."""
+    model, method = build(args, variant)
+    model = model.to(device).train()
+    ratios = method.lr_ratios(model, variant_config(args, variant))
+    return model, optimizer_for(model, 1e-5, 0.0, device, ratios)
+
+
 def fake_batch(model: nn.Module, args: argparse.Namespace, device: torch.device) -> dict[str, torch.Tensor]:
     g = torch.Generator().manual_seed(0)
     ids = torch.randint(1000, model.config.vocab_size, (args.batch, args.seq), generator=g)
@@ -152,8 +163,7 @@ def train_variants(args: argparse.Namespace) -> list[str]:
 
 def bench_training(args: argparse.Namespace, device: torch.device) -> dict[str, float]:
     def step_of(variant: str, compiled: bool = False) -> Callable[[], object]:
-        model = build(args, variant)[0].to(device).train()
-        optimizer = optimizer_for(model, 1e-5, 0.0, device)  # the runner's: fused on CUDA
+        model, optimizer = optimizer_of(args, variant, device)
         batch = fake_batch(model, args, device)
         step_model = torch.compile(model) if compiled else model  # compiled on its first (warm-up) step
         return lambda: train_step(step_model, batch, optimizer, GRAD_CLIP, device, args.precision)
@@ -204,8 +214,7 @@ def bench_memory(args: argparse.Namespace, argv: list[str]) -> dict[str, dict[st
 
 
 def memory_child(args: argparse.Namespace, device: torch.device) -> None:
-    model = build(args, args.memory_child)[0].to(device).train()
-    optimizer = optimizer_for(model, 1e-5, 0.0, device)
+    model, optimizer = optimizer_of(args, args.memory_child, device)
     batch = fake_batch(model, args, device)
     reset_peak_memory(device)
     for _ in range(3):

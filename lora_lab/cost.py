@@ -14,7 +14,7 @@ import tempfile
 
 import pandas as pd
 
-from lora_lab import config, data, methods, models, run, store
+from lora_lab import config, data, methods, models, recipe, store
 
 
 def runs_of(experiment: str) -> dict[tuple[str, str], tuple[list[str], int]]:
@@ -43,7 +43,7 @@ def estimate(experiment: str, steps: int = 8, eval_size: int = 256) -> pd.DataFr
                 "trainer.save_adapter=false",
                 "force=true",
             ]
-            record = run.run(config.compose([*job, *sample]))
+            record = recipe.run(config.compose([*job, *sample]))
             assert record is not None, "a fresh results_dir: the sample always runs"
             study_steps = math.ceil(len(train) / full.trainer.batch_size) * full.trainer.epochs
             if full.trainer.max_steps:

@@ -24,28 +24,11 @@ from transformers import PreTrainedTokenizerBase
 
 from lora_lab import assets
 from lora_lab.atomic import write_bytes_atomic
-from lora_lab.config import is_int, require
+from lora_lab.config import require
 
 SPLITS = ("train", "test")
 COLUMNS = ("text", "label")
 LABEL_NAMES = ("neg", "pos")
-
-
-def check(cfg: DictConfig) -> None:
-    """Reject sizes that cannot work before anything is read (subset() checks them against the data)."""
-    for key in ("train_size", "eval_size"):
-        ok = cfg[key] is None or (is_int(cfg[key]) and cfg[key] >= 1)
-        require(ok, f"data.{key}", cfg[key], "a whole number of examples >= 1, or null for the whole split")
-    require(is_int(cfg.max_length) and cfg.max_length >= 2, "data.max_length", cfg.max_length, "tokens >= 2")
-    require(is_int(cfg.eval_seed) and cfg.eval_seed >= 0, "data.eval_seed", cfg.eval_seed, "an integer >= 0")
-    split = cfg.get("eval_split")
-    require(split in (None, "dev"), "data.eval_split", split, "null (the test split) or dev")
-    require(
-        split is None or cfg.eval_size is not None,
-        "data.eval_size",
-        cfg.eval_size,
-        "a number of reviews to hold out of the train split with data.eval_split=dev",
-    )
 
 
 def load_imdb(cfg: DictConfig) -> dict[str, pd.DataFrame]:

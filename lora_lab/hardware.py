@@ -1,6 +1,6 @@
 """The hardware a run meets: the device, the precision and dropout masks that suit it, its GPU, peak memory.
 
-Resolved once per run (run.settle), before the run's identity is taken; the training loop reads the result.
+Resolved once per run (recipe.settle), before the run's identity is taken; the training loop reads the result.
 """
 
 from __future__ import annotations

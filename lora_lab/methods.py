@@ -2,7 +2,11 @@
 
 A method says what trains (`prepare`), what a run keeps (`save`), how its row is named (`label`, `row`),
 which implementations it has (`impls`), and which top-level settings shape its result (`settings`: the
-others leave its run identity). Adding a kind is one class here plus a file in conf/method/.
+others leave its run identity). Adding a kind is one class here plus a file in conf/method/
+(docs/contributing.md).
+
+Only the checks and names run at import: what touches a model (torch, our adapters, PEFT) is imported where a
+method is applied, so that a bad setting fails before any of it loads.
 """
 
 from __future__ import annotations
@@ -11,18 +15,18 @@ import dataclasses
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-import torch
 from omegaconf import DictConfig, ListConfig, OmegaConf
-from torch import nn
 
-from lora_lab import bottleneck, ia3, lora, probe
 from lora_lab.config import is_int, is_number, require, seeds_of
-from lora_lab.data import Encoded
-from lora_lab.lora.inject import name_matches
-from lora_lab.lora.layer import RANDOM_INITS, random_a
-from lora_lab.lora.settings import INITS, LoRASettings
-from lora_lab.models import FAMILIES, family_of
+from lora_lab.families import FAMILIES, family_of
+from lora_lab.lora.settings import INITS, RANDOM_INITS, LoRASettings, to_peft
+
+if TYPE_CHECKING:  # the model side loads torch; the checks and names here run without it
+    from torch import nn
+
+    from lora_lab.data import Encoded
 
 IMPLS = ("ours", "peft")
 TARGET_LABELS = {"qv": "Q+V", "attn": "All Attention", "attn_ffn": "All Attention+FFN"}
@@ -39,6 +43,8 @@ def targets_of(model: nn.Module, targets: str | Sequence[str]) -> str | list[str
 
 def train_only(model: nn.Module, names: Sequence[str]) -> nn.Module:
     """Freeze everything but the modules named (by suffix)."""
+    from lora_lab.lora.inject import name_matches
+
     model.requires_grad_(False)
     for name, module in model.named_modules():
         if name_matches(name, names):
@@ -67,6 +73,11 @@ class Method:
 
     def prepare(self, model: nn.Module, cfg: DictConfig) -> nn.Module:
         raise NotImplementedError
+
+    def lr_ratios(self, model: nn.Module, cfg: DictConfig) -> dict[str, float]:
+        """Trainable parameters (by name) that learn at a multiple of the run's learning rate; the rest learn
+        at it. The optimizer groups them (train.optimizer_for)."""
+        return {}
 
     def label(self, cfg: DictConfig) -> str:
         """The table's name of the row, e.g. "Q+V (r=8)"."""
@@ -147,6 +158,10 @@ class HeadOnlyCached(HeadOnly):
         self, model: nn.Module, train: Encoded, evaluation: Encoded, cfg: DictConfig
     ) -> tuple[nn.Module, Encoded, Encoded]:
         """The head alone, and each set with the features it reads (from the disk cache where it can)."""
+        import torch
+
+        from lora_lab import probe
+
         head = model.get_submodule(family_of(model).head[0])
         trainer = cfg.trainer
         device = torch.device(trainer.device)
@@ -210,6 +225,8 @@ class LoRA(Method):
             )
 
     def prepare(self, model: nn.Module, cfg: DictConfig) -> nn.Module:
+        from lora_lab import lora
+
         family = family_of(model)
         targets = targets_of(model, cfg.method.targets)
         saved = list(family.lora_modules_to_save)
@@ -220,9 +237,20 @@ class LoRA(Method):
             model = _peft_lora(model, targets, saved, settings)
         if settings.init in RANDOM_INITS:
             _seed_lora_a(model, settings.init, seeds_of(cfg)["init"])
-        if cfg.get("lora_plus_ratio"):
-            _mark_lora_plus(model, cfg.lora_plus_ratio)
         return model
+
+    def lr_ratios(self, model: nn.Module, cfg: DictConfig) -> dict[str, float]:
+        """LoRA+ (Hayou et al. 2024): B learns `lora_plus_ratio` times faster than A. Grouped as PEFT's
+        create_loraplus_optimizer groups: every lora_B and every other trainable 1-D tensor (biases, norms,
+        DoRA's magnitudes, the head's bias) at the ratio; the paper speeds up B alone."""
+        ratio = cfg.get("lora_plus_ratio")
+        if not ratio:
+            return {}
+        return {
+            name: ratio
+            for name, p in model.named_parameters()
+            if p.requires_grad and ("lora_B" in name or p.dim() == 1)
+        }
 
     def label(self, cfg: DictConfig) -> str:
         targets = cfg.method.targets
@@ -237,15 +265,21 @@ class LoRA(Method):
 
     def save(self, model: nn.Module, path: Path, base_name: str) -> Path:
         """The adapter in PEFT's format (PiSSA/OLoRA converted to a plain LoRA on the original base)."""
+        from lora_lab import lora
+
         if not _is_peft(model):
             return lora.save_adapter(model, path, base_model_name_or_path=base_name)
         model.save_pretrained(path)  # PEFT's own PiSSA/OLoRA files replay the init on the original base
         return path
 
     def merge(self, model: nn.Module) -> nn.Module:
+        from lora_lab import lora
+
         return _peft_merge(model) if _is_peft(model) else lora.merge(model)
 
     def unmerge(self, model: nn.Module) -> None:
+        from lora_lab import lora
+
         model.unmerge_adapter() if _is_peft(model) else lora.unmerge(model)
 
 
@@ -267,33 +301,27 @@ def _peft_lora(
 ) -> nn.Module:
     from peft import LoraConfig, TaskType, get_peft_model  # slow to import; only impl=peft needs it
 
+    from lora_lab import lora
+
     # PEFT's own all-linear would also catch pre_classifier (a head module); give it our resolved list.
     if targets == "all-linear":
         targets = lora.resolve_targets(model, targets)
-    config = LoraConfig(
-        task_type=TaskType.SEQ_CLS, bias="none", **lora.settings.to_peft(settings, targets, saved)
-    )
+    config = LoraConfig(task_type=TaskType.SEQ_CLS, bias="none", **to_peft(settings, targets, saved))
     return get_peft_model(model, config)
 
 
 def _seed_lora_a(model: nn.Module, init: str, seed: int) -> None:
     """Draw every lora_A again from one seeded stream, in module order, so ours and PEFT start identical
     (PEFT consumes the global RNG differently while building its layers). B stays zero."""
+    import torch
+
+    from lora_lab.lora.layer import random_a
+
     g = torch.Generator().manual_seed(seed)
     with torch.no_grad():
         for name, p in model.named_parameters():
             if "lora_A" in name:
                 p.copy_(random_a(p.shape, init, g))
-
-
-def _mark_lora_plus(model: nn.Module, ratio: float) -> None:
-    """LoRA+ (Hayou et al. 2024): B learns `ratio` times faster than A; the optimizer reads `lr_ratio`.
-
-    Grouped as PEFT's create_loraplus_optimizer groups: every lora_B and every other trainable 1-D tensor
-    (biases, norms, DoRA's magnitudes, the head's bias) at the ratio. The paper speeds up B alone."""
-    for name, p in model.named_parameters():
-        if p.requires_grad and ("lora_B" in name or p.dim() == 1):
-            p.lr_ratio = ratio
 
 
 def _peft_merge(model: nn.Module) -> nn.Module:
@@ -318,6 +346,8 @@ class IA3(Method):
             )
 
     def prepare(self, model: nn.Module, cfg: DictConfig) -> nn.Module:
+        from lora_lab import ia3, lora
+
         family = family_of(model)
         targets = lora.resolve_targets(model, f"{family.keys_values}|{family.ffn_out}")
         feedforward = lora.resolve_targets(model, family.ffn_out)
@@ -344,6 +374,8 @@ class IA3(Method):
         return None
 
     def merge(self, model: nn.Module) -> nn.Module:
+        from lora_lab import ia3
+
         if _is_peft(model):
             return _peft_merge(model)
         for layer in ia3.ia3_layers(model):
@@ -351,6 +383,8 @@ class IA3(Method):
         return model
 
     def unmerge(self, model: nn.Module) -> None:
+        from lora_lab import ia3
+
         if _is_peft(model):
             model.unmerge_adapter()
             return
@@ -375,6 +409,8 @@ class Bottleneck(Method):
         require(placement in self.PLACEMENTS, "method.placement", placement, f"one of {self.PLACEMENTS}")
 
     def prepare(self, model: nn.Module, cfg: DictConfig) -> nn.Module:
+        from lora_lab import bottleneck
+
         family = family_of(model)
         after = (
             family.ffn_out if cfg.method.placement == "pfeiffer" else f"{family.attn_out}|{family.ffn_out}"
@@ -442,10 +478,17 @@ METHODS: dict[str, Method] = {  # in the table's order
     "prefix_tuning": PromptLearning("Prefix Tuning", "PrefixTuningConfig", prepends_tokens=False),
     "full": Full(),
 }
-# How the parameters any method adds are named (params.count).
-ADDED = tuple(dict.fromkeys(prefix for method in METHODS.values() for prefix in method.adds))
-# Every top-level setting some method reads: a run's identity keeps only its own method's.
-SETTINGS = tuple(dict.fromkeys(key for method in METHODS.values() for key in method.settings))
+
+
+def added() -> tuple[str, ...]:
+    """How the parameters any method adds are named (params.count): read from the registry when asked, so that
+    a kind registered later counts too."""
+    return tuple(dict.fromkeys(prefix for method in METHODS.values() for prefix in method.adds))
+
+
+def every_setting() -> tuple[str, ...]:
+    """Every top-level setting some method reads: a run's identity keeps only its own method's."""
+    return tuple(dict.fromkeys(key for method in METHODS.values() for key in method.settings))
 
 
 def of(cfg: DictConfig) -> Method:

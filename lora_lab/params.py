@@ -24,7 +24,7 @@ def count(model: nn.Module) -> tuple[int, int]:
     trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
     base = 0
     for name, p in model.named_parameters():
-        if not any(part.startswith(methods.ADDED) for part in name.split(".")):
+        if not any(part.startswith(methods.added()) for part in name.split(".")):
             base += numel(p)
     return trainable, base
 

@@ -25,7 +25,7 @@ import numpy as np
 import pandas as pd
 from omegaconf import OmegaConf
 
-from lora_lab import config, models, run, store
+from lora_lab import config, models, recipe, run, store
 from lora_lab.atomic import write_text_atomic
 from lora_lab.config import USER_ERRORS
 
@@ -86,7 +86,7 @@ def _model_preset(record: dict) -> str:
 
 def rerun(record: dict, scratch: Path, overrides: list[str]) -> tuple[dict, pd.DataFrame]:
     """The run again, stage by stage; refused when its data or weights are not the ones it ran on."""
-    job = run.setup(config_of(record, scratch, overrides))
+    job = recipe.setup(config_of(record, scratch, overrides))
     assert job is not None, "force=true: the rerun always runs"
     for key in ("data", "weights"):
         theirs, ours = record.get(key), job.inputs[key]
@@ -97,9 +97,9 @@ def rerun(record: dict, scratch: Path, overrides: list[str]) -> tuple[dict, pd.D
                 f"{record['name']}: its {key} fingerprint differs from what it would read now; replicate "
                 f"needs the {key} it ran on (LORA_LAB_ASSETS, data.source)"
             )
-    prepared = run.prepare(job)
-    predictions = run.train_and_score(job, prepared)
-    run.persist(job, prepared, predictions)
+    prepared = recipe.prepare(job)
+    predictions = recipe.train_and_score(job, prepared)
+    recipe.persist(job, prepared, predictions)
     if predictions is None:
         raise ValueError(f"{record['name']}: the rerun failed ({prepared.record.get('reason')})")
     return prepared.record, predictions

@@ -28,11 +28,10 @@ from scipy import stats
 
 from lora_lab import methods
 from lora_lab.atomic import write_atomic, write_text_atomic
-from lora_lab.config import require
 
 # Settings that change how a run is shown or stored, or where its files are found, not what it computes.
 # The device is among them: CPU and CUDA compute the same thing up to rounding (the record says which ran);
-# precision and cheap_dropout are not, and run.py resolves their `auto` per device before hashing.
+# precision and cheap_dropout are not, and recipe.settle resolves their `auto` per device before hashing.
 NOT_IDENTITY = (
     "force",
     "logger",
@@ -135,7 +134,7 @@ def identity(config: dict, kind: str, with_seed: bool = True) -> dict:
     """What shapes a run's result: the resolved `config` without NOT_IDENTITY, without the top-level method
     settings that its method `kind` does not read (a head-only row ignores rank), and without settings left
     null (so that a new option whose default is null leaves every earlier run's identity as it was)."""
-    unread = tuple(k for k in methods.SETTINGS if k not in methods.METHODS[kind].settings)
+    unread = tuple(k for k in methods.every_setting() if k not in methods.METHODS[kind].settings)
     ignored = NOT_IDENTITY + unread + (() if with_seed else ("seed",))
     ident = copy.deepcopy(config)
     for dotted in ignored:
@@ -169,17 +168,6 @@ def run_name(cfg: DictConfig) -> str:
     method = methods.of(cfg)
     impl = method.impl(cfg) or "none"
     return f"{method.row(cfg)}-{impl}-seed{cfg.seed}-{digest(identity(resolved(cfg), cfg.method.kind))}"
-
-
-def check_outputs(results_dir: str, experiment_name: str) -> None:
-    """Where the run's files will go: a writable folder, and an experiment name inside it."""
-    root = Path(results_dir).expanduser()
-    require(not root.exists() or root.is_dir(), "results_dir", results_dir, "a folder (this is a file)")
-    existing = next((p for p in (root, *root.parents) if p.exists()), root)
-    require(os.access(existing, os.W_OK), "results_dir", results_dir, "a folder this user can write to")
-    name = str(experiment_name or "").strip()
-    inside = name and (root / name).resolve().is_relative_to(root.resolve()) and name.strip("/.")
-    require(bool(inside), "experiment_name", experiment_name, "a folder name inside results_dir (no '..')")
 
 
 def run_dir(cfg: DictConfig) -> Path:
@@ -264,7 +252,7 @@ def write_predictions(record_path: Path, predictions: pd.DataFrame) -> dict:
 def provenance() -> dict:
     """Library versions, git commit and machine, so a number can be traced to the code that made it.
 
-    Read once per process (run.py asks at start-up): a sweep runs the code it imported, even if the
+    Read once per process (run.py asks before the first job): a sweep runs the code it imported, even if the
     checkout changes while it runs."""
     try:
         commit = subprocess.run(

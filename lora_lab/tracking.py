@@ -13,41 +13,23 @@ from typing import Any
 
 from omegaconf import DictConfig
 
-from lora_lab.config import require
-from lora_lab.store import resolved
 
-WANDB_MODES = (None, "online", "offline", "disabled")
-
-
-def check_logger(logger: DictConfig) -> None:
-    """The wandb settings, before anything loads: a run that cannot log as asked stops in one line."""
-    require(isinstance(logger.wandb, bool), "logger.wandb", logger.wandb, "true or false")
-    if not logger.wandb:
-        return
-    require("mode" in logger, "logger.wandb", True, "logger=wandb, which brings wandb's settings with it")
-    require(logger.mode in WANDB_MODES, "logger.mode", logger.mode, "online, offline, disabled or null")
-    if logger.mode == "online" and not _wandb_logged_in():
-        raise ValueError(
-            "logger.mode=online needs a wandb login: run `wandb login` (or set WANDB_API_KEY), or leave "
-            "logger.mode null to log offline and `wandb sync` later"
-        )
-
-
-def _wandb_logged_in() -> bool:
+def wandb_logged_in() -> bool:
     import wandb  # imported here: slow to import, and only wandb runs need it
 
     return bool(wandb.login(prompt=False, verify=False))
 
 
 @contextmanager
-def wandb_run(cfg: DictConfig, name: str) -> Iterator[object | None]:
-    """A wandb run for this job when `logger.wandb`, finished on exit; offline when not logged in."""
+def wandb_run(cfg: DictConfig, name: str, config: dict) -> Iterator[object | None]:
+    """A wandb run for this job when `logger.wandb` (`config`: the resolved settings it shows), finished on
+    exit; offline when not logged in."""
     if not cfg.logger.wandb:
         yield None
         return
     import wandb
 
-    mode: Any = cfg.logger.mode or ("online" if _wandb_logged_in() else "offline")
+    mode: Any = cfg.logger.mode or ("online" if wandb_logged_in() else "offline")
     folder = Path(cfg.results_dir) / cfg.experiment_name
     folder.mkdir(parents=True, exist_ok=True)
     run = wandb.init(
@@ -55,7 +37,7 @@ def wandb_run(cfg: DictConfig, name: str) -> Iterator[object | None]:
         entity=cfg.logger.entity,
         group=cfg.logger.group,
         name=name,
-        config=resolved(cfg),
+        config=config,
         dir=str(folder),
         mode=mode,
         reinit="finish_previous",

@@ -6,7 +6,7 @@ import dataclasses
 import math
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from contextlib import AbstractContextManager, nullcontext
 
 import numpy as np
@@ -15,7 +15,6 @@ from omegaconf import DictConfig
 from torch import nn
 from tqdm.auto import tqdm
 
-from lora_lab.config import is_int, is_number, require
 from lora_lab.data import Encoded, batches, collate, groups
 from lora_lab.hardware import DTYPES, autocast, gpu_of, grad_scaler, peak_memory_mb, reset_peak_memory
 
@@ -24,40 +23,21 @@ class NonFiniteLoss(RuntimeError):
     """The loss became NaN or inf: the run is recorded as failed and the sweep goes on."""
 
 
-def check(cfg: DictConfig) -> None:
-    """Reject trainer settings that would train nothing or crash later, naming the setting and the fix
-    (precision and cheap_dropout are checked where they are resolved: pick_precision, pick_cheap_dropout)."""
-    for key in ("epochs", "batch_size", "eval_batch_size", "log_every"):
-        require(is_int(cfg[key]) and cfg[key] >= 1, f"trainer.{key}", cfg[key], "a whole number >= 1")
-    for key in ("max_steps", "num_threads"):
-        ok = cfg[key] is None or (is_int(cfg[key]) and cfg[key] >= 1)
-        require(ok, f"trainer.{key}", cfg[key], "a whole number >= 1, or null for no limit")
-    ratio = cfg.warmup_ratio
-    require(is_number(ratio) and 0 <= ratio < 1, "trainer.warmup_ratio", ratio, "a fraction in [0, 1)")
-    decay = cfg.weight_decay
-    require(is_number(decay) and decay >= 0, "trainer.weight_decay", decay, "a number >= 0")
-    clip = cfg.grad_clip
-    ok = clip is None or (is_number(clip) and clip > 0)
-    require(ok, "trainer.grad_clip", clip, "a max gradient norm > 0, or null for no clipping")
-    for key in ("merge_eval", "save_adapter", "progress", "gradient_checkpointing"):
-        require(isinstance(cfg[key], bool), f"trainer.{key}", cfg[key], "true or false")
-    require(cfg.tf32 in (None, True, False), "trainer.tf32", cfg.tf32, "true, false or null")
-    device = str(cfg.device)
-    ok = device in ("auto", "cpu", "cuda") or (device.startswith("cuda:") and device[5:].isdigit())
-    require(ok, "trainer.device", cfg.device, "auto, cpu, cuda or cuda:N")
-
-
 def optimizer_for(
-    model: nn.Module, lr: float, weight_decay: float, device: torch.device
+    model: nn.Module,
+    lr: float,
+    weight_decay: float,
+    device: torch.device,
+    lr_ratios: Mapping[str, float] | None = None,
 ) -> torch.optim.AdamW:
-    """AdamW over the trainable parameters; matrices decay, biases and norms do not. A parameter marked with
-    `lr_ratio` (LoRA+, methods.py) learns at lr times that ratio."""
-    params = [p for p in model.parameters() if p.requires_grad]
-    ratios = sorted({getattr(p, "lr_ratio", 1.0) for p in params})
+    """AdamW over the trainable parameters; matrices decay, biases and norms do not. A parameter named in
+    `lr_ratios` (a method's `lr_ratios`: LoRA+'s B) learns at lr times its ratio."""
+    named = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
+    ratio_of = {n: (lr_ratios or {}).get(n, 1.0) for n, _ in named}
     groups = []
     for decays in (True, False):
-        for ratio in ratios:
-            members = [p for p in params if (p.dim() >= 2) == decays and getattr(p, "lr_ratio", 1.0) == ratio]
+        for ratio in sorted(set(ratio_of.values())):
+            members = [p for n, p in named if (p.dim() >= 2) == decays and ratio_of[n] == ratio]
             groups.append(
                 {"params": members, "lr": lr * ratio, "weight_decay": weight_decay if decays else 0.0}
             )
@@ -142,16 +122,18 @@ def fit(
     pad_left: bool = False,
     scoring: AbstractContextManager | None = None,
     order_seed: int | None = None,
+    lr_ratios: Mapping[str, float] | None = None,
 ) -> Fit:
     """Train `model` on `train`, evaluate on `evaluation` inside `scoring` (e.g. the method's merged
     weights); returns the metrics a run record keeps.
 
     `cfg` is the trainer config. `seed` starts the dropout draws, `order_seed` (default: `seed`) the order of
-    the training batches. Raises NonFiniteLoss when the loss stops being finite; the loss is read
-    (and checked) once per `log_every` steps, so a GPU is not made to wait every step.
+    the training batches, `lr_ratios` the parameters that learn at a multiple of `lr`. Raises NonFiniteLoss
+    when the loss stops being finite; the loss is read (and checked) once per `log_every` steps, so a GPU is
+    not made to wait every step.
     """
     if cfg.device == "auto" or cfg.precision not in DTYPES:
-        raise ValueError("fit needs a trainer config whose device and precision are resolved (run.settle)")
+        raise ValueError("fit needs a trainer config whose device and precision are resolved (recipe.settle)")
     device, precision = torch.device(cfg.device), cfg.precision
     torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = bool(cfg.tf32)
     model.to(device)
@@ -163,7 +145,7 @@ def fit(
         if cfg.max_steps is None
         else min(cfg.max_steps, steps_per_epoch * cfg.epochs)
     )
-    optimizer = optimizer_for(model, lr, cfg.weight_decay, device)
+    optimizer = optimizer_for(model, lr, cfg.weight_decay, device, lr_ratios)
     schedule = linear_schedule(optimizer, round(cfg.warmup_ratio * total), total)
     scaler = grad_scaler(device, precision)
     reset_peak_memory(device)

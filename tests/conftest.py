@@ -22,7 +22,7 @@ from transformers import (  # noqa: E402
     Qwen2Config,
 )
 
-from lora_lab.models import FAMILIES  # noqa: E402
+from lora_lab.families import FAMILIES  # noqa: E402
 
 torch.set_num_threads(1)
 

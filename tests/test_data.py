@@ -15,7 +15,7 @@ from conftest import IMDB, MINILM, requires_assets
 from omegaconf import OmegaConf
 from transformers import AutoTokenizer
 
-from lora_lab import data
+from lora_lab import checks, data
 
 
 def frame(n_pos: int, n_neg: int) -> pd.DataFrame:
@@ -111,7 +111,7 @@ def test_dev_split_holds_reviews_out_of_training_and_leaves_test_alone(tmp_path)
 
     def splits(**changes: object) -> tuple[list[str], list[str]]:
         cfg = OmegaConf.create(settings | changes)
-        data.check(cfg)
+        checks.check_data(cfg)
         return tuple(
             tokenizer.batch_decode([s.ids[s.offsets[i] : s.offsets[i + 1]] for i in range(len(s))])
             for s in (data.tokenize(f, tokenizer, 16, cfg.cache_dir, False) for f in data.splits(cfg, seed=0))

@@ -13,7 +13,7 @@ import pytest
 import torch
 from conftest import ASSETS, TINY_RUN, requires_assets, tiny_model
 
-from lora_lab import methods, quant, run, train
+from lora_lab import methods, quant, recipe, train
 from lora_lab.config import compose
 from lora_lab.data import Encoded
 from lora_lab.hardware import DTYPES, grad_scaler, pick_precision
@@ -44,7 +44,7 @@ def test_a_short_run_on_the_device_records_where_it_ran(tmp_path, monkeypatch) -
     monkeypatch.setenv("LORA_LAB_CACHE", str(tmp_path / "cache"))
     overrides = [f"trainer.device={DEVICE}", f"results_dir={tmp_path / 'results'}"]
     cfg = compose([*TINY_RUN, *overrides])
-    record = run.run(cfg)
+    record = recipe.run(cfg)
     assert record["status"] == "complete" and np.isfinite(record["eval_loss"])
     assert record["config"]["trainer"]["device"].startswith(DEVICE)
     assert record["precision"] == pick_precision("auto", torch.device(DEVICE))

@@ -14,6 +14,7 @@ from peft import LoraConfig, PeftModel, TaskType, get_peft_model
 from lora_lab import methods, params
 from lora_lab.config import CONF_DIR, compose
 from lora_lab.dropout import keep_mask
+from lora_lab.families import family_of
 from lora_lab.lora import (
     LoRALinear,
     LoRASettings,
@@ -25,7 +26,6 @@ from lora_lab.lora import (
     save_adapter,
     unmerge,
 )
-from lora_lab.models import family_of
 
 
 def adapted(family: str, preset: str = "attn_ffn", **kw) -> tuple[torch.nn.Module, torch.nn.Module]:

@@ -148,11 +148,17 @@ def test_the_seeded_redraw_of_a_respects_init(init: str) -> None:
 
 def test_lora_plus_learning_rates_match_peft_grouping() -> None:
     lr, ratio = 1e-3, 16.0
-    ours = methods.prepare(tiny_model("bert"), compose(["method=attn_r8", f"lora_plus_ratio={ratio}"]))
+    cfg = compose(["method=attn_r8", f"lora_plus_ratio={ratio}"])
+    ours = methods.prepare(tiny_model("bert"), cfg)
+    ratios = methods.of(cfg).lr_ratios(ours, cfg)
     peft_model = methods.prepare(tiny_model("bert"), compose(["method=attn_r8", "impl=peft"]))
     rates = {}
     for impl, model, optimizer in (
-        ("ours", ours, optimizer_for(ours, lr, 0.0, torch.device("cpu"))),
+        (
+            "ours",
+            ours,
+            optimizer_for(ours, lr, 0.0, torch.device("cpu"), ratios),
+        ),
         (
             "peft",
             peft_model,

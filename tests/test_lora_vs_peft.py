@@ -11,8 +11,8 @@ from conftest import MINILM, batch, requires_assets, tiny_model
 from peft import LoraConfig, PeftModel, TaskType, get_peft_model
 from transformers import AutoModelForSequenceClassification
 
+from lora_lab.families import family_of
 from lora_lab.lora import apply_lora
-from lora_lab.models import family_of
 from lora_lab.params import count
 
 RANK, ALPHA = 4, 8

@@ -10,7 +10,7 @@ import pandas as pd
 import pytest
 from conftest import ASSETS, TINY_RUN, requires_assets
 
-from lora_lab import config, replicate, run
+from lora_lab import config, recipe, replicate
 
 
 @pytest.fixture
@@ -19,7 +19,7 @@ def tiny_study(tmp_path, monkeypatch) -> Path:
     monkeypatch.setenv("LORA_LAB_CACHE", str(tmp_path / "cache"))
     for seed in (0, 1):
         overrides = [*TINY_RUN, f"seed={seed}", f"results_dir={tmp_path / 'results'}", "experiment_name=tiny"]
-        run.run(config.compose([*overrides, "trainer.max_steps=2", "trainer.progress=false"]))
+        recipe.run(config.compose([*overrides, "trainer.max_steps=2", "trainer.progress=false"]))
     return tmp_path / "results" / "tiny"
 
 

@@ -18,7 +18,7 @@ from conftest import ASSETS, TINY_RUN, requires_assets
 from hydra.core.global_hydra import GlobalHydra
 from safetensors import SafetensorError
 
-from lora_lab import assets, run
+from lora_lab import assets, recipe, run
 from lora_lab.lora import adapter_io
 
 pytestmark = requires_assets
@@ -407,6 +407,17 @@ def test_wandb_online_without_a_login_is_one_line_before_anything_loads(
     assert not (tmp_path / "results").exists()
 
 
+def test_a_bad_value_is_refused_before_torch_or_transformers_is_imported(tmp_path, token_cache) -> None:
+    """The command line checks every setting before it imports the pipeline: what makes a bad value fail in
+    about a second (docs/configuration.md). `-X importtime` lists every module the process imported."""
+    out = cli(tmp_path, token_cache, "trainer.epochs=0", env={"PYTHONPROFILEIMPORTTIME": "1"})
+    assert out.returncode == 2
+    imported = {line.rsplit("|", 1)[-1].strip() for line in out.stderr.splitlines() if "|" in line}
+    assert "omegaconf" in imported  # the listing is there to read
+    assert not imported & {"torch", "transformers", "peft", "pandas"}
+    assert out.stderr.strip().splitlines()[-1].startswith("error: trainer.epochs=0 is not allowed")
+
+
 def disk_full(path: object) -> OSError:
     return OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(path))
 
@@ -475,8 +486,8 @@ class MarkedAdapter:
 
 def save_many(folder: Path, marker: str) -> None:
     for _ in range(20):
-        staged = run.stage_adapter(MarkedAdapter(), marker, folder, "base")
-        run.publish_adapter(staged, folder)
+        staged = recipe.stage_adapter(MarkedAdapter(), marker, folder, "base")
+        recipe.publish_adapter(staged, folder)
 
 
 def test_two_processes_saving_the_same_adapter_leave_one_whole_adapter(tmp_path) -> None:
@@ -517,7 +528,7 @@ def test_an_impl_a_method_does_not_have_is_said_and_recorded(
 
     monkeypatch.setenv("LORA_LAB_ASSETS", str(ASSETS))
     overrides = [*TINY_RUN, "method=houlsby", "impl=peft", f"results_dir={tmp_path}", "trainer.max_steps=1"]
-    record = run.run(config.compose([*overrides, f"data.cache_dir={token_cache}"]))
+    record = recipe.run(config.compose([*overrides, f"data.cache_dir={token_cache}"]))
     assert record["impl"] == "ours"
     assert "impl=peft does not apply to method=bottleneck; it runs ours" in capsys.readouterr().out
 
@@ -535,12 +546,12 @@ def test_a_setting_the_method_does_not_read_is_said_and_recorded(tmp_path, token
 
 
 def tiny_fit(tmp_path, token_cache, monkeypatch, *overrides: str) -> dict:
-    """One tiny run through run.run (LoRA with dropout on), its record."""
+    """One tiny run through recipe.run (LoRA with dropout on), its record."""
     from lora_lab import config
 
     monkeypatch.setenv("LORA_LAB_ASSETS", str(ASSETS))
     base = [*TINY_RUN, "dropout=0.1", f"results_dir={tmp_path}", "trainer.max_steps=3", "trainer.log_every=1"]
-    return run.run(config.compose([*base, *overrides, f"data.cache_dir={token_cache}", "force=true"]))
+    return recipe.run(config.compose([*base, *overrides, f"data.cache_dir={token_cache}", "force=true"]))
 
 
 @requires_assets

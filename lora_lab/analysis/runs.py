@@ -67,7 +67,7 @@ def read_digest(paths: list[Path]) -> str:
 
 
 def load_wandb_runs(entity: str, project: str) -> pd.DataFrame:
-    """The same fields from wandb's public API (run.py puts them in each run's summary, the config in its
+    """The same fields from wandb's public API (recipe.py puts them in each run's summary, the config in its
     config). wandb holds no per-example predictions, so rows get no CIs from examples and no findings."""
     import wandb
 

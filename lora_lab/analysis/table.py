@@ -16,9 +16,6 @@ from lora_lab.analysis.runs import NO_IMPL
 from lora_lab.atomic import write_text_atomic
 from lora_lab.config import CONF_DIR, EXPERIMENTS_DIR, compose
 
-METHOD_ORDER = {
-    kind: i for i, kind in enumerate(methods.METHODS)
-}  # the registry's order: head-only first, full last
 TARGET_ORDER = {"qv": 0, "attn": 1, "attn_ffn": 2}
 IMPL_ORDER = {"ours": 0, "peft": 1, NO_IMPL: 2}
 
@@ -41,6 +38,7 @@ def summarize(
     collapsed."""
     correct = correct or {}
     rows = []
+    kinds = list(methods.METHODS)  # the registry's order: head-only first, full last
     for config_id, group in runs.groupby("config_id", sort=False):
         first = group.iloc[0]
         acc = 100 * group["accuracy"]
@@ -77,7 +75,7 @@ def summarize(
                 "label": first["label"],
                 "lr": first["lr"],
                 "_order": (
-                    METHOD_ORDER.get(first["method"], len(METHOD_ORDER)),
+                    kinds.index(first["method"]) if first["method"] in kinds else len(kinds),
                     TARGET_ORDER.get(first["targets"], 3) if isinstance(first["targets"], str) else 3,
                     first["rank"] if pd.notna(first["rank"]) else 0,
                     first["label"],  # a variant (DoRA, PiSSA...) after its plain row, both impls together

@@ -17,7 +17,7 @@ from torch import nn
 from transformers.pytorch_utils import Conv1D
 
 from lora_lab.dropout import keep_mask, keep_scale
-from lora_lab.lora.settings import LoRASettings
+from lora_lab.lora.settings import RANDOM_INITS, LoRASettings
 
 
 def linear_shape(module: nn.Module) -> tuple[int, int]:
@@ -28,9 +28,6 @@ def linear_shape(module: nn.Module) -> tuple[int, int]:
         d_in, d_out = module.weight.shape
         return d_in, d_out
     raise TypeError(f"LoRA wraps nn.Linear or Conv1D, not {type(module).__name__}")
-
-
-RANDOM_INITS = ("kaiming", "gaussian")
 
 
 def random_a(shape: torch.Size, init: str, generator: torch.Generator | None = None) -> torch.Tensor:

@@ -11,6 +11,7 @@ import math
 from collections.abc import Sequence
 
 INITS = ("kaiming", "gaussian", "pissa", "olora")
+RANDOM_INITS = ("kaiming", "gaussian")  # A drawn at random, B zero (the others start from the base's weights)
 # PEFT's init_lora_weights for each of ours (True is its default: kaiming-uniform A, zero B).
 PEFT_INIT: dict[str, bool | str] = {
     "kaiming": True,
