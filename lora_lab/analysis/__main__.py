@@ -1,8 +1,9 @@
 """python -m lora_lab.analysis RESULTS_DIR [--reference CSV] [--claims YAML] [--latency BENCH_JSON] ...
 
 Reads the runs, prints the table and the study's findings, and writes table.md/.csv/.tex,
-acc_vs_params.png/.pdf, with --latency acc_vs_latency.png/.pdf, and (when the study has claims)
-findings.md/.csv and findings.png into RESULTS_DIR.
+acc_vs_params.png/.pdf, with --latency acc_vs_latency.png/.pdf, (when the study has claims)
+findings.md/.csv and findings.png, and (when its runs vary one seed source at a time) sources.md/.csv into
+RESULTS_DIR.
 
 Every output it owns is written or removed on each run, so none is left from an earlier analysis; the
 markdown ones name the records they were made from (their count and a digest) and the runs that failed.
@@ -14,7 +15,16 @@ import sys
 from pathlib import Path
 
 from lora_lab.analysis import findings as findings_module
-from lora_lab.analysis import load_reference, load_runs, load_wandb_runs, plot, rates, summarize, write_tables
+from lora_lab.analysis import (
+    load_reference,
+    load_runs,
+    load_wandb_runs,
+    plot,
+    rates,
+    sources,
+    summarize,
+    write_tables,
+)
 from lora_lab.analysis.plan import load_plan
 from lora_lab.analysis.plot import plot_findings
 from lora_lab.analysis.runs import correctness
@@ -24,6 +34,7 @@ from lora_lab.config import ArgumentParser
 OUTPUTS = (  # what an analysis of a folder writes there: each is rewritten or removed
     *("table.md", "table.csv", "table.tex", "acc_vs_params.png", "acc_vs_params.pdf"),
     *("acc_vs_latency.png", "acc_vs_latency.pdf", "rates.md", "findings.md", "findings.csv", "findings.png"),
+    *("sources.md", "sources.csv"),
 )
 
 
@@ -38,6 +49,11 @@ def main(argv: list[str] | None = None) -> None:
     )
     parser.add_argument(
         "--latency", help="a `python -m lora_lab.bench` JSON: also plot accuracy against inference latency"
+    )
+    parser.add_argument(
+        "--master",
+        help="with runs that vary one seed source at a time: runs of the same rows over the master seed, "
+        "whose variance sources.md shows beside the sources' (e.g. results/imdb_rank_target/cpu_minilm)",
     )
     parser.add_argument("--source", choices=("store", "wandb"), default="store")
     parser.add_argument("--entity", help="wandb entity (with --source wandb)")
@@ -62,6 +78,7 @@ def main(argv: list[str] | None = None) -> None:
         claims = None if skip else findings_module.load_claims(experiment, args.claims)
         plan = load_plan(args.results) if args.source == "store" else None
         first_run = runs["finished_at"].dropna().min() if "finished_at" in runs else None
+        master = load_runs(args.master) if args.master else None
         findings = (
             findings_module.check(claims, table, correct, plan, first_run) if claims and correct else None
         )
@@ -79,6 +96,7 @@ def main(argv: list[str] | None = None) -> None:
     if latency is not None:
         plot(latency, args.results, title=f"{title}\nlatency: {Path(args.latency).name}", x="latency_x_base")
         written += [Path(args.results) / f"acc_vs_latency.{ext}" for ext in ("png", "pdf")]
+    written += sources.write(runs, args.results, notes, master)
     if tuning:
         chosen = rates.choose(table)
         print(rates.to_markdown(chosen))
