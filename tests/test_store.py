@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import pytest
+from omegaconf import DictConfig
 
 from lora_lab import config, store
 
@@ -67,20 +68,51 @@ def test_config_id_is_shared_by_seeds_only() -> None:
     assert record.id_of_config() == store.config_id(cfg)  # computed from the stored config alike
 
 
+# Studies run as several sweeps of one experiment, each with overrides of its own on the command line.
+EXTRA_SWEEPS = {  # experiments/imdb_seed_sources/sweep.sh: one source at a time over 0-5
+    "imdb_seed_sources": [[f"{source}_seed=0,1,2,3,4,5"] for source in config.SEED_SOURCES],
+}
+
+
+def sweep_names(experiment: str, extra: list[str]) -> set[str]:
+    """The run names a sweep composes. Jobs that differ only in `seed` share one compose (a plain root key
+    that composing never branches on), so the test composes each configuration once, not once per seed."""
+    names = set()
+    composed: dict[tuple[str, ...], DictConfig] = {}
+    for job in config.sweep_jobs([f"experiment={experiment}", *extra]):
+        seed = next((o.split("=", 1)[1] for o in job if o.startswith("seed=")), None)
+        rest = tuple(o for o in job if not o.startswith("seed="))
+        if rest not in composed:
+            composed[rest] = config.compose(list(rest))
+        cfg = composed[rest]
+        if seed is not None:
+            cfg.seed = int(seed)
+        names.add(store.run_name(cfg))
+    return names
+
+
 @pytest.mark.slow
 def test_each_studys_committed_records_keep_the_names_its_sweep_composes() -> None:
     """A change to the configs or the identity that would make a study rerun its finished runs fails here."""
     composed: dict[str, set[str]] = {}  # a results folder: the names its experiments' sweeps compose
     for path in sorted((config.CONF_DIR / "experiment").glob("*.yaml")):
-        cfg = config.compose([f"experiment={path.stem}"])
-        sweep = config.sweep_jobs([f"experiment={path.stem}"])
-        composed.setdefault(cfg.experiment_name, set()).update(name(*job) for job in sweep)
+        folder = config.compose([f"experiment={path.stem}"]).experiment_name
+        for extra in EXTRA_SWEEPS.get(path.stem, [[]]):
+            composed.setdefault(folder, set()).update(sweep_names(path.stem, extra))
     checked = 0
     for folder, names in composed.items():
         committed = {p.stem for p in (config.CONF_DIR.parent / "results" / folder / "runs").glob("*.json")}
         assert committed <= names, (folder, sorted(committed - names))
         checked += bool(committed)
-    assert checked >= 4  # imdb_rank_target, imdb_methods (and its lr pilot), imdb_llm_cpu
+    assert checked >= 5  # imdb_rank_target, imdb_methods (and its lr pilot), imdb_llm_cpu, imdb_seed_sources
+
+
+def test_composing_once_per_configuration_names_runs_as_composing_each_seed_does() -> None:
+    """The shortcut the identity test takes, held to the real thing on a sweep over seeds and methods."""
+    arguments = ["method=head_only,qv_r8", "seed=0,3", "lora_lr=1e-3,3e-3"]
+    names = {name(*job) for job in config.sweep_jobs(["experiment=smoke", *arguments])}
+    assert len(names) == 8 - 2  # head-only reads no lora_lr
+    assert sweep_names("smoke", arguments) == names
 
 
 def test_fields_outside_the_schema_are_named() -> None:
