@@ -86,6 +86,7 @@ def test_an_effect_real_on_examples_but_swamped_by_seed_variance_is_inconclusive
     assert result["seeds_needed_unlimited_examples"] > 3
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("seed_sd", [0.3, 0.05], ids=["seeds-dominate", "seeds-hidden-in-example-noise"])
 def test_under_a_null_with_seed_variance_false_holds_are_at_most_five_percent(seed_sd: float) -> None:
     rng = np.random.default_rng(2)
@@ -110,6 +111,7 @@ def gaussian_study(rng: np.random.Generator, truth: stats.Crossed, k: int) -> np
     )
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(
     "claim",
     [BETTER, {"equivalent": {"a": A, "b": B, "margin_pp": 4.0}}],
@@ -215,6 +217,7 @@ def test_tost_takes_the_larger_one_sided_p_on_the_seeds_degrees_of_freedom() -> 
     assert result["p"] == pytest.approx(max(lower, upper), rel=1e-6)
 
 
+@pytest.mark.slow
 def test_equivalence_holds_exactly_when_both_one_sided_tests_pass_at_the_familys_level() -> None:
     """TOST at alpha / K a side, K the claims in the family: its interval is the (1 - 2 alpha / K) one.
     Studies near the margin put some p-values between alpha / K and 2 alpha / K, where an engine at twice the
@@ -236,6 +239,7 @@ def test_equivalence_holds_exactly_when_both_one_sided_tests_pass_at_the_familys
     assert in_band >= 3  # the test saw studies where the two levels disagree
 
 
+@pytest.mark.slow
 @pytest.mark.slow
 @pytest.mark.parametrize(
     ("claim", "boundary_pp"),
