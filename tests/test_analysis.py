@@ -24,7 +24,7 @@ from nbclient import NotebookClient
 from lora_lab import analysis, store
 from lora_lab.analysis import findings, rates, stats
 from lora_lab.analysis import runs as runs_module
-from lora_lab.analysis.plot import plot
+from lora_lab.analysis.plot import pareto_front, plot
 from lora_lab.analysis.table import add_latency, read_bench
 from lora_lab.config import CONF_DIR
 
@@ -531,3 +531,33 @@ def test_a_latency_file_that_is_no_current_bench_json_is_refused_naming_it(tmp_p
     message = r"--latency .*: variant 'qv' is no conf/method row today \(the file was written by a bench from"
     with pytest.raises(ValueError, match=message):
         add_latency(pd.DataFrame({"config_id": ["a"]}), runs, read_bench(old), f"--latency {old}")
+
+
+def test_a_rows_cost_is_its_seeds_mean_and_sd_on_the_host_kind_most_runs_ran_on(tmp_path) -> None:
+    timings = {0: (100.0, 10.0, "host A"), 1: (120.0, 12.0, "host A"), 2: (900.0, 90.0, "host B")}
+    for seed, (train_s, score_s, machine) in timings.items():
+        synthetic(tmp_path, "Q+V (r=8)", "ours", seed, 0.9)
+        path = next((tmp_path / "runs").glob(f"*-ours-{seed}-*.json"))
+        record = json.loads(path.read_text())
+        record.update(train_wall_s=train_s, eval_wall_s=score_s, machine=machine, peak_memory_mb=1000 + seed)
+        path.write_text(json.dumps(record))
+    synthetic(tmp_path, "Q+V (r=8)", "peft", 0, 0.9)  # a record without timings (written before them)
+    table, _ = analysed(tmp_path)
+    ours, peft = (table[table["impl"] == impl].iloc[0] for impl in ("ours", "peft"))
+    assert (ours["cost_n"], ours["train_s"], ours["score_s"]) == (2, 110.0, 11.0)  # host B's run left out
+    assert ours["train_s_sd"] == pytest.approx(np.std([100, 120], ddof=1))
+    assert ours["peak_memory_mb"] == 1000.5
+    assert peft["cost_n"] == 0 and np.isnan(peft["train_s"])
+    shown = analysis.table.to_markdown(table)
+    assert "| 110 ± 14 / 11 ± 1 |" in shown and "| — / — |" in shown
+
+
+def test_the_pareto_front_keeps_the_rows_nothing_beats_on_both_counts() -> None:
+    table = pd.DataFrame(
+        {
+            "configuration": list("abcde"),
+            "train_s": [10.0, 20.0, 20.0, 30.0, 40.0],
+            "accuracy": [70.0, 80.0, 75.0, 79.0, 85.0],
+        }
+    )
+    assert list(pareto_front(table, "train_s")["configuration"]) == ["a", "b", "e"]

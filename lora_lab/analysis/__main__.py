@@ -1,9 +1,9 @@
 """python -m lora_lab.analysis RESULTS_DIR [--reference CSV] [--claims YAML] [--latency BENCH_JSON] ...
 
-Reads the runs, prints the table and the study's findings, and writes table.md/.csv/.tex,
-acc_vs_params.png/.pdf, with --latency acc_vs_latency.png/.pdf, (when the study has claims)
-findings.md/.csv and findings.png, and (when its runs vary one seed source at a time) sources.md/.csv into
-RESULTS_DIR.
+Reads the runs, prints the table and the study's findings, and writes into RESULTS_DIR: table.md/.csv/.tex;
+acc_vs_params.png/.pdf, acc_vs_train_time.png/.pdf and acc_vs_peak_memory.png/.pdf (measured costs, mean ± sd
+over seeds, on the host kind most runs ran on); with --latency, acc_vs_latency.png/.pdf; when the study has
+claims, findings.md/.csv and findings.png; when its runs vary one seed source at a time, sources.md/.csv.
 
 Every output it owns is written or removed on each run, so none is left from an earlier analysis; the
 markdown ones name the records they were made from (their count and a digest) and the runs that failed.
@@ -26,15 +26,16 @@ from lora_lab.analysis import (
     write_tables,
 )
 from lora_lab.analysis.plan import load_plan
-from lora_lab.analysis.plot import plot_findings
+from lora_lab.analysis.plot import X_AXES, plot_findings
 from lora_lab.analysis.runs import correctness
-from lora_lab.analysis.table import add_latency, read_bench, to_markdown
+from lora_lab.analysis.table import add_latency, cost_host, read_bench, to_markdown
 from lora_lab.config import ArgumentParser
 
 OUTPUTS = (  # what an analysis of a folder writes there: each is rewritten or removed
     *("table.md", "table.csv", "table.tex", "acc_vs_params.png", "acc_vs_params.pdf"),
     *("acc_vs_latency.png", "acc_vs_latency.pdf", "rates.md", "findings.md", "findings.csv", "findings.png"),
     *("sources.md", "sources.csv"),
+    *("acc_vs_train_time.png", "acc_vs_train_time.pdf", "acc_vs_peak_memory.png", "acc_vs_peak_memory.pdf"),
 )
 
 
@@ -93,6 +94,10 @@ def main(argv: list[str] | None = None) -> None:
     title = f"{experiment}: {model}, {runs['train_examples'].iloc[0]:,} train examples"
     plot(table, args.results, title=title)
     written += [Path(args.results) / f"acc_vs_params.{ext}" for ext in ("png", "pdf")]
+    for cost in ("train_s", "peak_memory_mb"):  # measured costs, on the host kind most runs ran on
+        if table[cost].notna().any():
+            plot(table, args.results, title=f"{title}\n{cost_host(runs)}", x=cost)
+            written += [Path(args.results) / f"{X_AXES[cost][0]}.{ext}" for ext in ("png", "pdf")]
     if latency is not None:
         plot(latency, args.results, title=f"{title}\nlatency: {Path(args.latency).name}", x="latency_x_base")
         written += [Path(args.results) / f"acc_vs_latency.{ext}" for ext in ("png", "pdf")]

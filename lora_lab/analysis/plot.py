@@ -1,5 +1,6 @@
-"""Accuracy against trainable parameters (log axis) or inference latency: one marker per impl, the reference
-drawn faintly."""
+"""Accuracy against a cost: trainable parameters (log axis), inference latency, training time or peak memory;
+one marker per impl, accuracy with its 95% CI, a measured cost with its sd over seeds, the reference drawn
+faintly."""
 
 from __future__ import annotations
 
@@ -23,6 +24,8 @@ X_AXES = {  # column: (file stem, axis label, log scale)
         "inference latency, x the base model (merged where it merges)",
         False,
     ),
+    "train_s": ("acc_vs_train_time", "training time per run (s), mean ± sd over seeds, one host kind", False),
+    "peak_memory_mb": ("acc_vs_peak_memory", "peak memory of a run (MB), mean ± sd over seeds", False),
 }
 LABEL_GAP_PT = 11  # vertical distance between labels in the column right of the axes
 CLAIM_LABEL_CHARS = 60  # claims wrap at this width so the forest plot keeps its axes
@@ -33,13 +36,15 @@ VERDICT_COLORS = {"holds": "tab:green", "contradicted": "tab:red", "inconclusive
 def plot(
     table: pd.DataFrame, out: str | Path | None = None, title: str = "", x: str = "trainable_params"
 ) -> plt.Figure:
-    """Draw the summary table's accuracy with 95% CIs as error bars against column `x` (a key of X_AXES);
-    with `out`, write <stem>.png and .pdf. Rows without a value of `x` are left out."""
+    """Draw the summary table's accuracy with 95% CIs as error bars against column `x` (a key of X_AXES; its
+    sd over seeds, column `<x>_sd`, as horizontal bars where the table has it); with `out`, write <stem>.png
+    and .pdf. Rows without a value of `x` are left out."""
     stem, xlabel, log_x = X_AXES[x]
     table = table.dropna(subset=[x])
     fig, ax = plt.subplots(figsize=(10, 5), dpi=150)
     if "reference_accuracy" in table and table["reference_accuracy"].notna().any():
         _draw_reference(ax, table, x)
+    _draw_front(ax, table, x)
     for impl, (marker, color, name) in MARKERS.items():
         rows = table[table["impl"] == impl]
         if rows.empty:
@@ -50,6 +55,7 @@ def plot(
             rows[x],
             rows["accuracy"],
             yerr=[low, high],
+            xerr=rows[f"{x}_sd"].fillna(0) if f"{x}_sd" in rows else None,
             fmt=marker,
             color=color,
             mfc=color if impl != "peft" else "none",
@@ -74,6 +80,20 @@ def plot(
         fig.savefig(out / f"{stem}.png")
         fig.savefig(out / f"{stem}.pdf", metadata={"CreationDate": None, "ModDate": None})
     return fig
+
+
+def pareto_front(table: pd.DataFrame, x: str) -> pd.DataFrame:
+    """The rows no other row beats on both counts (as cheap or cheaper in `x`, more accurate), by their means,
+    cheapest first."""
+    rows = table.sort_values([x, "accuracy"], ascending=[True, False])
+    return rows[rows["accuracy"] > rows["accuracy"].cummax().shift(fill_value=-1.0)]
+
+
+def _draw_front(ax: plt.Axes, table: pd.DataFrame, x: str) -> None:
+    front = pareto_front(table, x)
+    ax.step(
+        front[x], front["accuracy"], where="post", color="0.7", lw=1, zorder=1, label="Pareto front (means)"
+    )
 
 
 def _draw_reference(ax: plt.Axes, table: pd.DataFrame, x: str) -> None:

@@ -38,6 +38,7 @@ def summarize(
     collapsed."""
     correct = correct or {}
     rows = []
+    host = cost_host(runs)
     kinds = list(methods.METHODS)  # the registry's order: head-only first, full last
     for config_id, group in runs.groupby("config_id", sort=False):
         first = group.iloc[0]
@@ -74,6 +75,7 @@ def summarize(
                 "collapsed_seeds": tuple(group.loc[group["collapsed"].notna(), "seed"]),
                 "label": first["label"],
                 "lr": first["lr"],
+                **cost(group[group["machine"] == host] if host else group.iloc[:0]),
                 "_order": (
                     kinds.index(first["method"]) if first["method"] in kinds else len(kinds),
                     TARGET_ORDER.get(first["targets"], 3) if isinstance(first["targets"], str) else 3,
@@ -93,6 +95,35 @@ def summarize(
     return table.reset_index(drop=True)
 
 
+COSTS = {"train_s": "train_wall_s", "score_s": "eval_wall_s", "peak_memory_mb": "peak_memory_mb"}
+
+
+def cost_host(runs: pd.DataFrame) -> str | None:
+    """The machine kind most of the study's runs ran on: costs are compared on it alone, since the same run
+    takes another time on another host."""
+    machines = runs["machine"].dropna() if "machine" in runs else pd.Series(dtype=str)
+    return None if machines.empty else machines.value_counts().sort_index().idxmax()
+
+
+def cost(runs: pd.DataFrame) -> dict[str, float]:
+    """A row's cost over its seeds on one host: mean and sd of training time, scoring time and peak memory,
+    and how many runs carry them (records from before a field existed lack it)."""
+    out: dict[str, float] = {
+        "cost_n": int(runs["train_wall_s"].notna().sum()) if "train_wall_s" in runs else 0
+    }
+    for name, field in COSTS.items():
+        values = runs[field].dropna() if field in runs else pd.Series(dtype=float)
+        out[name] = values.mean() if len(values) else float("nan")
+        out[f"{name}_sd"] = values.std(ddof=1) if len(values) > 1 else float("nan")
+    return out
+
+
+def _mean_sd(mean: float, sd: float) -> str:
+    if pd.isna(mean):
+        return "—"
+    return f"{mean:.0f}" + ("" if pd.isna(sd) else f" ± {sd:.0f}")
+
+
 def _formatted(table: pd.DataFrame) -> pd.DataFrame:
     """The table as a reader sees it: thousands separators, percentages, the CI and how it was made."""
     out = pd.DataFrame(
@@ -110,6 +141,10 @@ def _formatted(table: pd.DataFrame) -> pd.DataFrame:
             "n": table["n"],
             "Collapsed": [
                 f"{len(c)} of {n}" for c, n in zip(table["collapsed_seeds"], table["n"], strict=True)
+            ],
+            "Train / score s (mean ± sd)": [
+                f"{_mean_sd(r.train_s, r.train_s_sd)} / {_mean_sd(r.score_s, r.score_s_sd)}"
+                for r in table.itertuples(index=False)
             ],
         }
     )
