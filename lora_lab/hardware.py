@@ -109,3 +109,9 @@ def peak_memory_mb(device: torch.device) -> float:
             if line.startswith("VmHWM:"):
                 return int(line.split()[1]) / 1024
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def peak_reserved_mb(device: torch.device) -> float | None:
+    """CUDA: the most the caching allocator held since reset_peak_memory (allocated plus its cache: what the
+    GPU had to have free). None elsewhere: a CPU process's peak is its resident set, peak_memory_mb."""
+    return torch.cuda.max_memory_reserved(device) / 2**20 if device.type == "cuda" else None

@@ -92,9 +92,11 @@ class Record:
     train_wall_s: float | None = None
     eval_wall_s: float | None = None  # scoring the evaluation set
     train_examples_per_s: float | None = None
-    train_tokens_per_s: float | None = None
+    train_tokens_per_s: float | None = None  # the reviews' own tokens per second of training
+    train_padded_tokens_per_s: float | None = None  # the tokens computed on, padding included
     peak_memory_mb: float | None = None  # training's peak, before scoring
     peak_memory_of: str | None = None  # what peak_memory_mb measures: CUDA tensors, or the process's RSS
+    peak_memory_reserved_mb: float | None = None  # CUDA only: the caching allocator's peak
     gpu: dict | None = None  # train.gpu_of: name, capability, memory, CUDA and driver versions
     adapter_bytes: int | None = None
     finished_at: str | None = None

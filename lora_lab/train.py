@@ -16,7 +16,15 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from lora_lab.data import Encoded, batches, collate, groups
-from lora_lab.hardware import DTYPES, autocast, gpu_of, grad_scaler, peak_memory_mb, reset_peak_memory
+from lora_lab.hardware import (
+    DTYPES,
+    autocast,
+    gpu_of,
+    grad_scaler,
+    peak_memory_mb,
+    peak_reserved_mb,
+    reset_peak_memory,
+)
 
 
 class NonFiniteLoss(RuntimeError):
@@ -101,9 +109,11 @@ class Fit:
     steps: int
     train_wall_s: float
     train_examples_per_s: float | None
-    train_tokens_per_s: float | None
+    train_tokens_per_s: float | None  # the reviews' own tokens
+    train_padded_tokens_per_s: float | None  # with the padding each batch computed on
     peak_memory_mb: float
     peak_memory_of: str
+    peak_memory_reserved_mb: float | None  # CUDA: what the caching allocator held at its peak
     gpu: dict | None
     predictions: dict[str, np.ndarray]  # "pred" (label) and "prob_pos", in the evaluation set's order
 
@@ -152,7 +162,7 @@ def fit(
 
     torch.manual_seed(seed)  # dropout draws start from the same state for every method and impl
     order = seed if order_seed is None else order_seed  # the batches' order: its own seed, or the dropout's
-    losses, window_sum, window, step, seen, tokens = [], 0.0, 0, 0, 0, 0
+    losses, window_sum, window, step, seen, tokens, padded = [], 0.0, 0, 0, 0, 0, 0
     bar = tqdm(total=total, desc="train", unit="step", disable=not cfg.progress, file=sys.stderr)
     start = time.perf_counter()
     model.train()
@@ -163,7 +173,9 @@ def fit(
             if step == total:
                 break
             seen += len(batch["labels"])
-            tokens += int(batch["attention_mask"].sum()) if "attention_mask" in batch else 0  # probe: none
+            if "attention_mask" in batch:  # the probe reads features, not tokens
+                tokens += int(batch["attention_mask"].sum())
+                padded += batch["attention_mask"].numel()
             batch = {k: v.to(device, non_blocking=True) for k, v in batch.items()}
             window_sum = window_sum + train_step(
                 model, batch, optimizer, cfg.grad_clip, device, precision, scaler
@@ -196,8 +208,10 @@ def fit(
         train_wall_s=wall,
         train_examples_per_s=seen / wall if wall > 0 else None,
         train_tokens_per_s=tokens / wall if tokens and wall > 0 else None,
+        train_padded_tokens_per_s=padded / wall if padded and wall > 0 else None,
         peak_memory_mb=peak,
         peak_memory_of="CUDA tensors (max allocated)" if device.type == "cuda" else "process (peak RSS)",
+        peak_memory_reserved_mb=peak_reserved_mb(device),
         gpu=gpu_of(device),
         predictions=predictions,
     )

@@ -51,6 +51,7 @@ def test_a_short_run_on_the_device_records_where_it_ran(tmp_path, monkeypatch) -
     if DEVICE == "cuda":
         assert record["gpu"]["name"] == torch.cuda.get_device_name()
         assert record["peak_memory_of"].startswith("CUDA") and record["peak_memory_mb"] > 0
+        assert record["peak_memory_reserved_mb"] >= record["peak_memory_mb"]  # the cache holds at least that
 
 
 @pytest.mark.parametrize(

@@ -19,7 +19,7 @@ from conftest import ASSETS, requires_assets
 pytestmark = [requires_assets, pytest.mark.slow]
 SWEEP = ["-m", "experiment=smoke", "seed=0,1", "trainer.num_threads=1", "trainer.progress=false"]
 TIMING = ("finished_at", "wall_s", "load_s", "train_wall_s", "eval_wall_s", "train_examples_per_s")
-TIMING += ("train_tokens_per_s", "peak_memory_mb")
+TIMING += ("train_tokens_per_s", "train_padded_tokens_per_s", "peak_memory_mb")
 # Ray on this host's loopback only: without the switch it resolves 127.0.0.1 to the host's routable address
 LOOPBACK_RAY = {"RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0", "RAY_USAGE_STATS_ENABLED": "0"}
 

@@ -17,7 +17,7 @@ from lora_lab import methods, quant
 from lora_lab.config import compose
 from lora_lab.data import Encoded
 from lora_lab.hardware import DTYPES, gpu_of, grad_scaler, pick_precision
-from lora_lab.train import evaluate, linear_schedule, train_step
+from lora_lab.train import evaluate, fit, linear_schedule, train_step
 
 
 def test_linear_warmup_then_decay_to_zero() -> None:
@@ -182,3 +182,23 @@ def test_every_field_fit_measures_has_a_place_in_the_record() -> None:
 
     measured = {f.name for f in dataclasses.fields(train.Fit)} - {"predictions"}
     assert measured <= {f.name for f in dataclasses.fields(store.Record)}
+
+
+def test_tokens_per_second_count_the_reviews_own_tokens_and_apart_the_padding() -> None:
+    """Reviews of one length need no padding: both rates agree. Uneven ones pad each batch to its longest,
+    at least 60 tokens computed for 48 real ones however the batches are drawn."""
+    cfg = compose(
+        ["model=tiny_bert", "trainer.device=cpu", "trainer.precision=fp32", "trainer.progress=false"]
+    )
+    cfg.trainer.batch_size = 4
+    records = {}
+    for name, lengths in (("even", [6] * 8), ("uneven", [2, 10, 3, 9, 4, 8, 5, 7])):
+        offsets = torch.tensor(np.concatenate([[0], np.cumsum(lengths)]))
+        data = Encoded(
+            ids=torch.arange(5, 5 + sum(lengths)) % 90 + 5, offsets=offsets, labels=torch.arange(8) % 2
+        )
+        records[name] = fit(tiny_model("bert"), data, data, cfg.trainer, 1e-3, 0, pad_id=0)
+    even, uneven = records["even"], records["uneven"]
+    assert even.train_padded_tokens_per_s == pytest.approx(even.train_tokens_per_s)
+    assert uneven.train_padded_tokens_per_s > 1.2 * uneven.train_tokens_per_s
+    assert even.peak_memory_reserved_mb is None and even.peak_memory_of == "process (peak RSS)"
