@@ -340,3 +340,20 @@ def test_false_holds_over_both_looks_of_a_plan_stay_within_alpha() -> None:
         for _ in range(studies)
     )
     assert holds / studies <= 0.05 + 3 * math.sqrt(0.05 * 0.95 / studies)
+
+
+def test_a_plans_simulated_power_matches_the_noncentral_t_and_its_looks_cost_little() -> None:
+    """One look: the simulation against the exact power of a one-sided t test (noncentral t, an independent
+    formula). The looks: at no effect they hold at most the level, and they never have more power than one
+    look at max_seeds (within the simulation's error)."""
+    plan, a, sims = two_looks(), 0.005, 20_000
+    for effect in (1.0, 2.0):
+        p = plan.power(a, effect, sims)
+        k = plan.max_seeds
+        exact = scipy_stats.nct.sf(scipy_stats.t.ppf(1 - a, k - 1), k - 1, effect * math.sqrt(k))
+        se = math.sqrt(exact * (1 - exact) / sims)
+        assert abs(p["one_look"] - exact) < 4 * se
+        assert p["looks"] <= p["one_look"] + 4 * se and 3 <= p["mean_seeds"] <= 6
+    null = plan.power(a, 0.0, sims)
+    assert null["looks"] <= a + 4 * math.sqrt(a / sims)
+    assert plan.power(0.05, 4.0, 2000)["mean_seeds"] < 6  # a large effect stops some at the first look
