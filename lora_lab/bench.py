@@ -29,7 +29,7 @@ import torch
 from omegaconf import DictConfig
 from torch import nn
 
-from lora_lab import allocator, assets, config, methods, models, params, store
+from lora_lab import allocator, assets, config, methods, models, params, provenance
 from lora_lab.atomic import write_text_atomic
 from lora_lab.build import build_model, positions_of
 from lora_lab.hardware import (
@@ -503,7 +503,7 @@ def main(argv: list[str] | None = None) -> None:
         f"{device.type}, {torch.get_num_threads()} threads, variants {args.order}, allocator {args.allocator}"
     )
     result = {"setup": setup, "args": {k: v for k, v in vars(args).items() if k != "out"}}
-    result["provenance"] = {**store.provenance(), "date": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
+    result["provenance"] = {**provenance.current(), "date": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
     if args.e2e:
         result["end_to_end"] = bench_e2e(args)
     else:

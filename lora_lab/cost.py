@@ -14,7 +14,7 @@ import tempfile
 
 import pandas as pd
 
-from lora_lab import config, data, methods, models, recipe, store
+from lora_lab import config, data, identity, methods, models, recipe
 
 
 def runs_of(experiment: str) -> dict[tuple[str, str], tuple[list[str], int]]:
@@ -24,7 +24,9 @@ def runs_of(experiment: str) -> dict[tuple[str, str], tuple[list[str], int]]:
     for job in config.sweep_jobs([f"experiment={experiment}"]):
         cfg = config.compose(job)
         method = methods.of(cfg)
-        rows.setdefault((method.row(cfg), method.impl(cfg) or "—"), (job, set()))[1].add(store.run_name(cfg))
+        rows.setdefault((method.row(cfg), method.impl(cfg) or "—"), (job, set()))[1].add(
+            identity.run_name(cfg)
+        )
     return {key: (job, len(names)) for key, (job, names) in rows.items()}
 
 

@@ -22,7 +22,21 @@ from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig
 from transformers import PreTrainedTokenizerBase
 
-from lora_lab import allocator, checks, config, data, hardware, methods, models, params, store, tracking
+from lora_lab import (
+    allocator,
+    checks,
+    config,
+    data,
+    hardware,
+    identity,
+    methods,
+    models,
+    params,
+    provenance,
+    schema,
+    store,
+    tracking,
+)
 from lora_lab.build import build_model
 from lora_lab.train import NonFiniteLoss, fit
 
@@ -84,7 +98,7 @@ def setup(cfg: DictConfig) -> Job | None:
     """The config checked and settled, the run named, the data read; None when the run is complete already."""
     checks.check(cfg)
     settle(cfg)
-    name = store.run_name(cfg)
+    name = identity.run_name(cfg)
     path = store.run_dir(cfg) / f"{name}.json"
     loading = time.perf_counter()
     train_frame, eval_frame = data.splits(cfg.data, cfg.seed)
@@ -134,10 +148,10 @@ def prepare(job: Job) -> Prepared:
         f"({100 * trainable / total:.2f}%), {len(train_set)} train / {len(eval_set)} eval examples",
         flush=True,
     )
-    resolved = store.resolved(cfg)
+    resolved = identity.resolved(cfg)
     record = {
         "name": job.name,
-        "config_id": store.config_id(cfg),
+        "config_id": identity.config_id(cfg),
         "experiment": cfg.experiment_name,
         "label": label,
         "method": cfg.method.kind,
@@ -155,11 +169,11 @@ def prepare(job: Job) -> Prepared:
         "train_examples": len(train_set),
         "eval_examples": len(eval_set),
         "config": resolved,
-        **store.provenance(),
+        **provenance.current(),
         "load_s": time.perf_counter() - job.loading,
         "not_applicable": ignored or None,
     }
-    store.Record.check_fields(record)  # a field outside the schema fails now, not after hours of training
+    schema.Record.check_fields(record)  # a field outside the schema fails now, not after hours of training
     return Prepared(model, method, tokenizer, train_set, eval_set, record)
 
 
@@ -217,7 +231,7 @@ def persist(job: Job, prepared: Prepared, predictions: pd.DataFrame | None) -> N
         if predictions is not None:
             record["predictions"] = store.write_predictions(path, predictions)
             record["collapsed"] = store.collapse(predictions["pred"], predictions["label"])
-        store.write(path, store.Record(**record))
+        store.write(path, schema.Record(**record))
     except BaseException:
         if staged:
             shutil.rmtree(staged, ignore_errors=True)

@@ -25,7 +25,7 @@ import numpy as np
 import pandas as pd
 from omegaconf import OmegaConf
 
-from lora_lab import config, models, recipe, run, store
+from lora_lab import config, models, provenance, recipe, run
 from lora_lab.atomic import write_text_atomic
 from lora_lab.config import USER_ERRORS
 
@@ -156,7 +156,7 @@ def compare(study: Path, records: list[dict], record: dict, again: dict, preds: 
         "seeds_agree_at_least": lowest,
         "loss_curve_max_abs_diff": loss,
         "environment_record": {k: record.get(k) for k in ("git_commit", "versions", "precision", "machine")},
-        "environment_rerun": {**store.provenance(), "precision": again.get("precision")},
+        "environment_rerun": {**provenance.current(), "precision": again.get("precision")},
         "device_rerun": again["config"]["trainer"]["device"],
     }
 

@@ -25,9 +25,13 @@ from lora_lab.config import USER_ERRORS, fail
 def main(cfg: DictConfig) -> float | None:
     try:  # caught here too: Hydra would add a line of its own to an error leaving a job
         checks.check(cfg)
-        from lora_lab import models, recipe, store  # torch and transformers: only for settings that passed
+        from lora_lab import (  # torch and transformers: only for settings that passed
+            models,
+            provenance,
+            recipe,
+        )
 
-        store.provenance()  # pin the git commit to the code this process imported
+        provenance.current()  # pin the git commit to the code this process imported
         models.quiet_libraries()
         record = recipe.run(cfg)
     except (*USER_ERRORS, OSError) as err:

@@ -96,7 +96,7 @@ def train_step(
 
 @dataclasses.dataclass(frozen=True)
 class Fit:
-    """What `fit` measured: the run record's metrics (`metrics()`, store.Record's fields of those names), and
+    """What `fit` measured: the run record's metrics (`metrics()`, schema.Record's fields of those names), and
     each evaluation example's prediction, which goes to its own file."""
 
     accuracy: float

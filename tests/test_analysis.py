@@ -21,7 +21,7 @@ from conftest import ASSETS, REPO, requires_assets
 from matplotlib.text import Text
 from nbclient import NotebookClient
 
-from lora_lab import analysis, store
+from lora_lab import analysis, identity, schema, store
 from lora_lab.analysis import findings, rates, stats
 from lora_lab.analysis import runs as runs_module
 from lora_lab.analysis.plot import pareto_front, plot
@@ -43,8 +43,8 @@ def synthetic(folder: Path, label: str, impl: str | None, seed: int, accuracy: f
     shuffle of which ones, seeded by row and seed, so that two runs of one accuracy disagree on examples."""
     method, targets, rank = ROWS[label]
     cfg = {"method": {"kind": method, "targets": targets}, "rank": rank, "impl": impl, "seed": seed, **config}
-    record = store.Record(
-        name=f"{label}-{impl}-{seed}-{store.digest(config)}",
+    record = schema.Record(
+        name=f"{label}-{impl}-{seed}-{identity.digest(config)}",
         experiment="imdb_rank_target/test",
         label=label,
         method=method,
@@ -427,8 +427,10 @@ def named(folder: Path, seed: int, rank: int = 8) -> Path:
     path = next(p for p in (folder / "runs").glob(f"*-{seed}-*.json"))
     record = json.loads(path.read_text())
     config = {**record["config"], "rank": rank}
-    name = f"qv_r8-ours-seed{seed}-{store.digest(store.identity(config, 'lora'))}"
-    edit(path, name=name, config=config, config_id=store.digest(store.identity(config, "lora", False)))
+    name = f"qv_r8-ours-seed{seed}-{identity.digest(identity.identity_of(config, 'lora'))}"
+    edit(
+        path, name=name, config=config, config_id=identity.digest(identity.identity_of(config, "lora", False))
+    )
     return path
 
 

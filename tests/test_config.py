@@ -8,7 +8,7 @@ import pandas as pd
 import pytest
 from hydra import compose, initialize_config_dir
 
-from lora_lab import config, methods, run, store
+from lora_lab import config, identity, methods, run, schema
 from lora_lab.analysis import findings, runs
 
 
@@ -95,14 +95,14 @@ def test_every_claim_names_a_row_its_study_sweeps(experiment: str) -> None:
         run = config.compose([f"experiment={sweep}", f"method={row}"])
         method = methods.of(run)
         records.append(
-            store.Record(
+            schema.Record(
                 name=row,
                 experiment=run.experiment_name,
                 label=method.label(run),
                 method=run.method.kind,
                 seed=0,
                 model=run.model.name,
-                config=store.resolved(run),
+                config=identity.resolved(run),
                 status="complete",
                 impl=method.impl(run),
             )

@@ -10,7 +10,7 @@ import pytest
 import torch
 from conftest import batch, tiny_model
 
-from lora_lab import methods, params, store
+from lora_lab import identity, methods, params
 from lora_lab.bottleneck import BottleneckAdapter
 from lora_lab.config import compose
 from lora_lab.ia3 import IA3Linear, ia3_layers
@@ -132,7 +132,7 @@ def test_prompt_learning_trains_through_peft(row: str) -> None:
 
 def test_runs_of_the_relatives_are_named_by_what_they_compute() -> None:
     def name(*overrides: str) -> str:
-        return store.run_name(compose(list(overrides)))
+        return identity.run_name(compose(list(overrides)))
 
     assert name("method=ia3").startswith("ia3-ours-seed0-")
     assert name("method=ia3", "impl=peft") != name("method=ia3")

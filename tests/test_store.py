@@ -5,11 +5,11 @@ from __future__ import annotations
 import pytest
 from omegaconf import DictConfig
 
-from lora_lab import config, store
+from lora_lab import config, identity, schema
 
 
 def name(*overrides: str) -> str:
-    return store.run_name(config.compose(list(overrides)))
+    return identity.run_name(config.compose(list(overrides)))
 
 
 def test_lora_settings_do_not_split_head_only_and_full_runs() -> None:
@@ -50,22 +50,22 @@ def test_where_files_are_found_is_not_identity_and_new_null_settings_change_noth
 
 def test_config_id_is_shared_by_seeds_only() -> None:
     def config_id(*overrides: str) -> str:
-        return store.config_id(config.compose(list(overrides)))
+        return identity.config_id(config.compose(list(overrides)))
 
     assert config_id("seed=0") == config_id("seed=1")
     assert config_id("seed=0") != config_id("lora_lr=1e-4")
     cfg = config.compose(["seed=3"])
-    record = store.Record(
+    record = schema.Record(
         name="x",
         experiment="e",
         label="l",
         method="lora",
         seed=3,
         model="m",
-        config=store.resolved(cfg),
+        config=identity.resolved(cfg),
         status="complete",
     )
-    assert record.id_of_config() == store.config_id(cfg)  # computed from the stored config alike
+    assert record.id_of_config() == identity.config_id(cfg)  # computed from the stored config alike
 
 
 # Studies run as several sweeps of one experiment, each with overrides of its own on the command line.
@@ -87,7 +87,7 @@ def sweep_names(experiment: str, extra: list[str]) -> set[str]:
         cfg = composed[rest]
         if seed is not None:
             cfg.seed = int(seed)
-        names.add(store.run_name(cfg))
+        names.add(identity.run_name(cfg))
     return names
 
 
@@ -116,6 +116,6 @@ def test_composing_once_per_configuration_names_runs_as_composing_each_seed_does
 
 
 def test_fields_outside_the_schema_are_named() -> None:
-    store.Record.check_fields(["name", "accuracy", "data", "load_s"])
-    with pytest.raises(ValueError, match=r"unknown record fields \['acuracy'\]: add them to store.Record"):
-        store.Record.check_fields(["name", "acuracy"])
+    schema.Record.check_fields(["name", "accuracy", "data", "load_s"])
+    with pytest.raises(ValueError, match=r"unknown record fields \['acuracy'\]: add them to schema.Record"):
+        schema.Record.check_fields(["name", "acuracy"])

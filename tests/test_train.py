@@ -177,11 +177,11 @@ def test_a_gpu_run_names_its_gpu(monkeypatch) -> None:
 
 
 def test_every_field_fit_measures_has_a_place_in_the_record() -> None:
-    """A metric added to Fit but not to store.Record would fail the run's write after hours of training."""
-    from lora_lab import store, train
+    """A metric added to Fit but not to schema.Record would fail the run's write after hours of training."""
+    from lora_lab import schema, train
 
     measured = {f.name for f in dataclasses.fields(train.Fit)} - {"predictions"}
-    assert measured <= {f.name for f in dataclasses.fields(store.Record)}
+    assert measured <= {f.name for f in dataclasses.fields(schema.Record)}
 
 
 def test_tokens_per_second_count_the_reviews_own_tokens_and_apart_the_padding() -> None:

@@ -14,7 +14,8 @@ from omegaconf import OmegaConf
 
 from lora_lab import methods, store
 from lora_lab.assets import unreachable
-from lora_lab.store import Record, digest, identity
+from lora_lab.identity import digest, identity_of
+from lora_lab.schema import Record
 
 # Record fields that go into the frame: the scalars (the config, curve and versions stay in the files).
 COLUMNS = [
@@ -49,8 +50,10 @@ def read_record(path: Path) -> Record:
             f"{path} is not a valid run record ({err}); delete it, or rerun that run with force=true"
         ) from None
     if record.config_id is not None:
-        named = record.name.endswith("-" + digest(identity(record.config, record.method)))
-        if not named or record.config_id != digest(identity(record.config, record.method, with_seed=False)):
+        named = record.name.endswith("-" + digest(identity_of(record.config, record.method)))
+        if not named or record.config_id != digest(
+            identity_of(record.config, record.method, with_seed=False)
+        ):
             raise ValueError(
                 f"{path}: its config does not hash to its name and config_id (was it edited?); restore the "
                 "file, or rerun that run with force=true"
@@ -119,7 +122,7 @@ def frame(records: list[Record], where: str, folder: Path | None = None) -> pd.D
                 f"{where} mixes runs of different {key}s ({', '.join(values)}); analyse one at a time"
             )
     df["impl"] = df["impl"].fillna(NO_IMPL)
-    settings = {r.id_of_config(): _flat(identity(r.config, r.method, with_seed=False)) for r in complete}
+    settings = {r.id_of_config(): _flat(identity_of(r.config, r.method, with_seed=False)) for r in complete}
     df["configuration"] = _names(df, settings)
     df = df.reset_index(drop=True)
     df.attrs["failed"] = [
