@@ -25,6 +25,7 @@ import pandas as pd
 from omegaconf import OmegaConf
 
 from lora_lab import config, methods
+from lora_lab.analysis import claims as claims_module
 from lora_lab.analysis import correctness, findings, load_runs, summarize
 from lora_lab.analysis.plan import Plan, load_plan, parse
 from lora_lab.analysis.runs import NO_IMPL
@@ -73,7 +74,7 @@ class Study:
                 "and commit it before the first run, or give --plan FILE"
             )
         root = Path(plan_file).parent if plan_file else EXPERIMENTS_DIR.parent
-        claims = findings.load_claims(cfg.experiment_name, root / plan.claims) or []
+        claims = claims_module.load_claims(cfg.experiment_name, root / plan.claims) or []
         rows = []
         for method in config.sweep_rows(experiment):
             row_cfg = config.compose([f"experiment={experiment}", *overrides, f"method={method}"])

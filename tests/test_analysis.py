@@ -22,6 +22,7 @@ from matplotlib.text import Text
 from nbclient import NotebookClient
 
 from lora_lab import analysis, identity, schema, store
+from lora_lab.analysis import claims as claims_module
 from lora_lab.analysis import findings, rates, stats
 from lora_lab.analysis import runs as runs_module
 from lora_lab.analysis.plot import pareto_front, plot
@@ -141,7 +142,7 @@ def test_ours_and_peft_at_one_setting_share_a_name_beside_ours_at_another(tmp_pa
         ("Q+V (r=8), lora_lr=0.003", "ours"),
     ]
     [pair] = findings.check(
-        [findings.parse({"impls_equivalent": {"margin_pp": 1.0}})], table, correct
+        [claims_module.parse({"impls_equivalent": {"margin_pp": 1.0}})], table, correct
     ).itertuples()
     assert pair.a == pair.b == "Q+V (r=8), lora_lr=0.001"
 
@@ -166,11 +167,11 @@ def test_missing_or_broken_inputs_are_named_with_the_fix(tmp_path) -> None:
     with pytest.raises(FileNotFoundError, match="--reference nowhere.csv: no such file"):
         analysis.load_reference("x", "nowhere.csv")
     with pytest.raises(FileNotFoundError, match="--claims nowhere.yaml: no such file"):
-        findings.load_claims("x", "nowhere.yaml")
+        claims_module.load_claims("x", "nowhere.yaml")
     broken = tmp_path / "claims.yaml"
     broken.write_text("claims: [unclosed")
     with pytest.raises(ValueError, match="claims.yaml is not a claims file"):
-        findings.load_claims("x", broken)
+        claims_module.load_claims("x", broken)
     next((tmp_path / "runs").glob("*.parquet")).unlink()
     with pytest.raises(
         FileNotFoundError, match="is missing: its record names it; rerun that run with force=true"
@@ -219,7 +220,7 @@ def claims_table(tmp_path: Path, accuracies: dict[str, float]) -> pd.DataFrame:
         {"statement": "same", "equivalent": {"a": "Q+V (r=4)", "b": "Q+V (r=8)", "margin_pp": 20.0}},
         {"statement": "apart", "equivalent": {"a": "Q+V (r=8)", "b": "Full Fine-Tuning", "margin_pp": 1.0}},
     ]
-    return findings.check([findings.parse(c) for c in claims], table, correct).set_index("claim")
+    return findings.check([claims_module.parse(c) for c in claims], table, correct).set_index("claim")
 
 
 def test_claims_with_known_effects_get_their_verdicts(tmp_path) -> None:
@@ -500,7 +501,7 @@ def test_a_mistaken_claim_is_refused_naming_its_file_and_claim(tmp_path, spec, e
     ok = {"statement": "fine", "better": {"a": "A", "b": "B"}}
     path.write_text(json.dumps({"claims": [ok, spec]}))  # JSON is YAML
     with pytest.raises(ValueError, match=rf"{re.escape(str(path))}, claim 2.*{re.escape(error)}"):
-        findings.load_claims("x", path)
+        claims_module.load_claims("x", path)
 
 
 def test_a_rate_next_to_a_collapse_is_passed_over_even_at_the_bottom_of_the_grid() -> None:

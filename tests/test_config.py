@@ -9,7 +9,8 @@ import pytest
 from hydra import compose, initialize_config_dir
 
 from lora_lab import config, identity, methods, run, schema
-from lora_lab.analysis import findings, runs
+from lora_lab.analysis import claims as claims_module
+from lora_lab.analysis import runs
 
 
 def compose_with_hydra(overrides: list[str]):
@@ -108,7 +109,7 @@ def test_every_claim_names_a_row_its_study_sweeps(experiment: str) -> None:
             )
         )
     names = set(runs.frame(records, experiment)["configuration"])  # as the analysis names the rows
-    claims = findings.load_claims(cfg.experiment_name)
+    claims = claims_module.load_claims(cfg.experiment_name)
     named = {label for claim in claims for label in (claim.a, claim.b) if label}
     assert named and named <= names, (named - names, names)
 

@@ -14,6 +14,7 @@ import pytest
 from scipy import stats as scipy_stats
 
 from lora_lab import store
+from lora_lab.analysis import claims as claims_module
 from lora_lab.analysis import findings, stats
 from lora_lab.analysis import plan as plan_module
 from lora_lab.analysis.plot import plot_findings
@@ -41,7 +42,7 @@ def decide(a: np.ndarray, b: np.ndarray, claim: dict | list, collapsed: dict | N
         }
     )
     claims = claim if isinstance(claim, list) else [claim]
-    return findings.check([findings.parse(c) for c in claims], table, correct)
+    return findings.check([claims_module.parse(c) for c in claims], table, correct)
 
 
 def binary_study(rng: np.random.Generator, k: int, n: int, effect: float, seed_sd: float) -> tuple:
@@ -121,7 +122,7 @@ def test_the_planners_seed_count_reaches_its_power_in_simulation(claim: dict) ->
     truth = stats.Crossed(
         mean=0.02, seeds=3, examples=400, seed_var=0.02**2, example_var=0.01, residual_var=0.2, per_seed=()
     )
-    parsed = findings.parse(claim)
+    parsed = claims_module.parse(claim)
     needed = stats.seeds_needed(lambda k: parsed.power(truth, findings.ALPHA, k, truth.examples), 3)
     assert 3 < needed < 60
     rng = np.random.default_rng(3)
@@ -159,7 +160,7 @@ def test_a_claim_naming_no_row_is_an_error_listing_the_rows() -> None:
     with pytest.raises(ValueError, match=r"'Row C' \(impl ours\) names no row of the study.*Row A \(ours\)"):
         decide(a, a, {"better": {"a": "Row C", "b": B}})
     with pytest.raises(ValueError, match="lacks b"):
-        findings.parse({"better": {"a": A}})
+        claims_module.parse({"better": {"a": A}})
     with pytest.raises(ValueError, match="different test examples"):
         decide(a, np.ones((9, 2)), BETTER)
 
@@ -295,7 +296,7 @@ def decide_planned(d: np.ndarray, claim: dict, plan: plan_module.Plan) -> pd.Ser
         {"configuration": [A, B], "impl": ["ours", "ours"], "config_id": ["a", "b"], "n": [d.shape[1]] * 2,
          "collapsed_seeds": [(), ()]}
     )  # fmt: skip
-    return findings.check([findings.parse(claim)], table, correct, plan, "2026-02-01").iloc[0]
+    return findings.check([claims_module.parse(claim)], table, correct, plan, "2026-02-01").iloc[0]
 
 
 def test_the_committed_full_scale_plan_is_found_hashed_and_spends_its_alpha_over_its_looks() -> None:

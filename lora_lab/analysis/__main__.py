@@ -14,6 +14,7 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
+from lora_lab.analysis import claims as claims_module
 from lora_lab.analysis import findings as findings_module
 from lora_lab.analysis import (
     load_reference,
@@ -76,7 +77,7 @@ def main(argv: list[str] | None = None) -> None:
         )
         tuning = runs["eval_split"].iloc[0] == "dev"  # a learning-rate pilot: rates, no verdicts
         skip = args.claims == "none" or tuning
-        claims = None if skip else findings_module.load_claims(experiment, args.claims)
+        claims = None if skip else claims_module.load_claims(experiment, args.claims)
         plan = load_plan(args.results) if args.source == "store" else None
         first_run = runs["finished_at"].dropna().min() if "finished_at" in runs else None
         master = load_runs(args.master) if args.master else None
