@@ -11,7 +11,8 @@ import pytest
 import torch
 from conftest import ASSETS, requires_assets
 
-from lora_lab import bench, config, cost
+from lora_lab import config, cost
+from lora_lab.bench import cli, e2e, timing, variants
 from lora_lab.params import count, frozen_bytes
 
 ARGS = argparse.Namespace(
@@ -28,17 +29,17 @@ ARGS = argparse.Namespace(
 
 
 def test_floor_trains_the_head_but_backpropagates_through_the_frozen_stack() -> None:
-    model = bench.build(ARGS, "floor")[0]
+    model = variants.build(ARGS, "floor")[0]
     assert count(model)[0] == 32 * 2 + 2  # tiny_bert's classifier only
     seen = []
     model.bert.encoder.layer[0].register_full_backward_hook(lambda _m, grad_in, _o: seen.append(grad_in[0]))
-    model(**bench.fake_batch(model, ARGS, torch.device("cpu"))).loss.backward()
+    model(**variants.fake_batch(model, ARGS, torch.device("cpu"))).loss.backward()
     assert seen and seen[0] is not None  # the input gradient reached the first layer
 
 
 def test_rows_without_a_step_over_tokens_are_left_out(capsys) -> None:
     args = argparse.Namespace(**{**vars(ARGS), "methods": ["qv_r8", "head_only_cached", "full"]})
-    assert bench.train_variants(args) == ["floor", "ours:qv_r8", "peft:qv_r8", "full"]
+    assert variants.train_variants(args) == ["floor", "ours:qv_r8", "peft:qv_r8", "full"]
     assert "head_only_cached left out: it trains on cached features" in capsys.readouterr().out
 
 
@@ -60,7 +61,7 @@ def test_sequential_order_holds_one_variant_at_a_time(order) -> None:
 
     builders = {name: (lambda n=name: builder(n)) for name in ("a", "b", "c")}
     builders["cannot merge"] = lambda: None
-    medians = bench.measure(builders, rounds=3, warmup=1, device=torch.device("cpu"), order=order)
+    medians = timing.measure(builders, rounds=3, warmup=1, device=torch.device("cpu"), order=order)
     assert set(medians) == {"a", "b", "c"}  # a builder's None is no job, not an error
     assert max(most) == (1 if order == "sequential" else 3)
 
@@ -84,7 +85,7 @@ TINY_BENCH = [
 @requires_assets
 def test_bench_command_writes_every_variant(tmp_path) -> None:
     out = tmp_path / "bench.json"
-    bench.main([*TINY_BENCH, "qv_r8", "ia3", "houlsby", "full", "--out", str(out)])
+    cli.main([*TINY_BENCH, "qv_r8", "ia3", "houlsby", "full", "--out", str(out)])
     result = json.loads(out.read_text())
     variants = {"ours:qv_r8", "peft:qv_r8", "ours:ia3", "peft:ia3", "houlsby", "full"}
     assert set(result["train_step_s"]) == {"floor", *variants}
@@ -97,7 +98,7 @@ def test_bench_command_writes_every_variant(tmp_path) -> None:
 def test_the_bench_writes_into_an_ignored_folder_unless_told(tmp_path, monkeypatch) -> None:
     """Its defaults once overwrote a committed results/bench/ file: now they land under outputs/."""
     monkeypatch.chdir(tmp_path)
-    bench.main([*TINY_BENCH, "qv_r8"])
+    cli.main([*TINY_BENCH, "qv_r8"])
     assert [p.parent.name for p in tmp_path.rglob("*.json")] == ["bench"]
     assert next(tmp_path.rglob("*.json")).parent.parent.name == "outputs"
 
@@ -105,7 +106,7 @@ def test_the_bench_writes_into_an_ignored_folder_unless_told(tmp_path, monkeypat
 @pytest.mark.parametrize("flag", [["--batch", "0"], ["--seq", "1"], ["--rank", "0"], ["--rounds", "0"]])
 def test_numeric_flags_out_of_range_are_one_line_before_any_work(tmp_path, flag, capsys) -> None:
     with pytest.raises(SystemExit) as exit_:
-        bench.main([*flag, "--out", str(tmp_path / "b.json")])
+        cli.main([*flag, "--out", str(tmp_path / "b.json")])
     assert exit_.value.code == 2 and f"{flag[0]} {flag[1]}: use a whole number >=" in capsys.readouterr().err
     assert not (tmp_path / "b.json").exists()
 
@@ -113,8 +114,8 @@ def test_numeric_flags_out_of_range_are_one_line_before_any_work(tmp_path, flag,
 def test_frozen_bytes_count_a_4bit_base_as_packed_weights_and_scales() -> None:
     pytest.importorskip("bitsandbytes")
     args = argparse.Namespace(**{**vars(ARGS), "model": "tiny_llama"})
-    lora, _ = bench.build(args, "ours:attn_ffn_r8")
-    qlora, _ = bench.build(args, "ours:qlora_attn_ffn_r8")
+    lora, _ = variants.build(args, "ours:attn_ffn_r8")
+    qlora, _ = variants.build(args, "ours:qlora_attn_ffn_r8")
     frozen = [p for p in lora.parameters() if not p.requires_grad]
     assert frozen_bytes(lora) == sum(4 * p.numel() for p in frozen)  # fp32, nothing quantised
     linears = sum(m.base_layer.weight.numel() for _, m in lora.named_modules() if hasattr(m, "lora_A"))
@@ -130,7 +131,7 @@ def test_memory_bench_measures_qlora_beside_the_float_floor_in_fresh_processes(t
     pytest.importorskip("bitsandbytes")
     out = tmp_path / "bench.json"
     argv = ["--model", "tiny_llama", "--batch", "2", "--seq", "16", "--rounds", "1", "--warmup", "0"]
-    bench.main([*argv, "--methods", "qlora_attn_ffn_r8", "--memory", "--out", str(out)])
+    cli.main([*argv, "--methods", "qlora_attn_ffn_r8", "--memory", "--out", str(out)])
     result = json.loads(out.read_text())
     variants = {"floor", "ours:qlora_attn_ffn_r8", "peft:qlora_attn_ffn_r8"}
     assert set(result["peak_memory_mb"]) == set(result["frozen_weights_mb"]) == variants
@@ -162,8 +163,8 @@ def test_unknown_names_are_one_line_and_exit_2(module, arguments, message) -> No
 
 
 def test_the_end_to_end_bench_runs_the_baselines_seven_runs() -> None:
-    assert len(config.sweep_jobs(bench.E2E_SWEEP)) == 7  # seven rows, one impl, one seed
-    parallel = config.sweep_jobs([*bench.E2E_SWEEP, *bench.E2E_PARALLEL, "hydra.launcher.n_jobs=2"])
+    assert len(config.sweep_jobs(e2e.E2E_SWEEP)) == 7  # seven rows, one impl, one seed
+    parallel = config.sweep_jobs([*e2e.E2E_SWEEP, *e2e.E2E_PARALLEL, "hydra.launcher.n_jobs=2"])
     assert len(parallel) == 7
     assert {config.compose(job).trainer.num_threads for job in parallel} == {1}  # --jobs: one thread a job
 
@@ -190,16 +191,16 @@ def test_a_studys_cost_scales_a_short_sample_to_its_sizes(monkeypatch, tmp_path)
 
 def test_against_takes_the_runner_as_it_was_at_a_commit(tmp_path) -> None:
     head = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True, check=True).stdout
-    src = bench.source_at(head.strip(), tmp_path / "src")
+    src = e2e.source_at(head.strip(), tmp_path / "src")
     committed = subprocess.run(["git", "show", "HEAD:lora_lab/run.py"], capture_output=True, check=True)
     assert (src / "lora_lab" / "run.py").read_bytes() == committed.stdout
     with pytest.raises(ValueError, match="--against nope: not a commit"):
-        bench.source_at("nope", tmp_path / "other")
+        e2e.source_at("nope", tmp_path / "other")
     assert not (tmp_path / "other").exists()  # nothing half-written
 
 
 def test_against_precision_without_against_is_one_line(tmp_path) -> None:
     out = tmp_path / "e2e.json"
     with pytest.raises(SystemExit, match="--against-precision needs --against COMMIT"):
-        bench.main(["--e2e", "--against-precision", "fp32", "--out", str(out)])
+        cli.main(["--e2e", "--against-precision", "fp32", "--out", str(out)])
     assert not out.exists()
