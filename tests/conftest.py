@@ -115,3 +115,9 @@ def batch(seed: int = 0, vocab: int = 100, n: int = 4, length: int = 12) -> dict
 def family(request) -> str:
     assert request.param in FAMILIES
     return request.param
+
+
+@pytest.fixture(scope="session")
+def token_cache(tmp_path_factory) -> Path:
+    """One tokenisation cache for the whole session, as a sweep would share one."""
+    return tmp_path_factory.mktemp("token-cache")

@@ -263,28 +263,45 @@ def test_point_labels_never_overlap(tmp_path) -> None:
     assert not any(a.overlaps(b) for i, a in enumerate(boxes) for b in boxes[i + 1 :])
 
 
-def test_wandb_source_reads_the_same_fields(monkeypatch) -> None:
-    """The wandb server is out of reach here, so reachability, login and the API are stood in for."""
+def test_wandb_source_reads_the_same_fields(tmp_path, monkeypatch) -> None:
+    """What tracking.log_record puts in wandb (a record's scalar fields as the summary, its config as the
+    config) reads back as the store's own frame of those records. The wandb server is out of reach here, so
+    reachability, login and the API are stood in for."""
     import wandb
 
+    from lora_lab import tracking
+
+    for seed, acc in enumerate((0.90, 0.92)):
+        synthetic(tmp_path, "Q+V (r=8)", "ours", seed, acc)
+    synthetic(tmp_path, "Full Fine-Tuning", None, 0, 0.95)
+    records = [json.loads(p.read_text()) for p in sorted((tmp_path / "runs").glob("*.json"))]
+
     class Run:
-        def __init__(self, label: str, impl: str | None) -> None:
-            method, targets, rank = ROWS[label]
-            self.summary = {"name": label, "experiment": "x", "label": label, "method": method, "seed": 0}
-            self.summary |= {"model": "m", "status": "complete", "impl": impl, "accuracy": 0.9}
-            self.summary |= {"trainable_params": 1, "trainable_pct": 1.0, "targets": targets, "rank": rank}
-            self.config = {"method": {"kind": method, "targets": targets}, "impl": impl, "rank": rank}
+        def __init__(self, record: dict) -> None:
+            summary = type("Summary", (dict,), {"update": dict.update})()
+            tracking.log_record(
+                type("Logged", (), {"summary": summary, "log": lambda *a, **k: None})(), record, 1
+            )
+            self.summary, self.config = summary, record["config"]
 
     class Api:
         def runs(self, path: str) -> list[Run]:
             assert path == "me/lora-lab"
-            return [Run("Q+V (r=8)", "ours"), Run("Full Fine-Tuning", None)]
+            return [Run(r) for r in records]
 
     monkeypatch.setattr(runs_module, "unreachable", lambda url: None)
     monkeypatch.setattr(wandb, "login", lambda **kw: True)
     monkeypatch.setattr(wandb, "Api", Api)
-    runs = runs_module.load_wandb_runs("me", "lora-lab")
-    assert sorted(runs["impl"]) == ["ours", "—"]
+    from_wandb = runs_module.load_wandb_runs("me", "lora-lab")
+    from_store = analysis.load_runs(tmp_path)
+    columns = ["name", "label", "impl", "seed", "accuracy", "trainable_params", "config_id", "configuration"]
+    pd.testing.assert_frame_equal(
+        from_wandb[columns].sort_values("name").reset_index(drop=True),
+        from_store[columns].sort_values("name").reset_index(drop=True),
+    )
+    table = analysis.summarize(from_wandb)
+    assert list(table["accuracy"]) == [pytest.approx(91.0), pytest.approx(95.0)]
+    assert table["ci_method"].iloc[0].startswith("seeds only (no predictions), t on 1 df")
 
 
 @pytest.fixture(scope="module")

@@ -47,16 +47,31 @@ def nf4_llama(seed: int = 0) -> torch.nn.Module:
     return tiny_model("llama", seed, hidden_size=64, intermediate_size=128)
 
 
-def test_nf4_base_stays_close_to_the_float_base() -> None:
-    pytest.importorskip("bitsandbytes")
+def test_nf4_base_computes_with_bitsandbytes_own_round_trip_of_each_weight() -> None:
+    """Each quantised layer holds what bitsandbytes' functional API makes of that weight (quantize_4bit then
+    dequantize_4bit, the same block size), and the 4-bit model computes exactly what a float model holding
+    those de-quantised weights computes: its whole difference from the float base is NF4's rounding."""
+    bnb = pytest.importorskip("bitsandbytes")
+    functional = bnb.functional
     base = nf4_llama().eval()
     q = quant.quantize_nf4(copy.deepcopy(base)).eval()
     assert count(q)[1] == count(base)[1]  # packed 4-bit weights still count as the weights they stand for
+    rounded = copy.deepcopy(base)
+    layers = [(n, m) for n, m in q.named_modules() if isinstance(m, bnb.nn.Linear4bit)]
+    assert len(layers) == 14  # 2 blocks x (q, k, v, o, gate, up, down); the head stays in float
+    for name, layer in layers:
+        state = layer.weight.quant_state
+        packed, theirs = functional.quantize_4bit(
+            base.get_submodule(name).weight.data, blocksize=state.blocksize, quant_type="nf4"
+        )
+        expected = functional.dequantize_4bit(packed, theirs)
+        assert torch.equal(functional.dequantize_4bit(layer.weight.data, state), expected), name
+        rounded.get_submodule(name).weight.data.copy_(expected)
     x = batch()["input_ids"]
     with torch.no_grad():
         h, hq = base.model(input_ids=x).last_hidden_state, q.model(input_ids=x).last_hidden_state
-    error = ((h - hq).norm() / h.norm()).item()
-    assert 0 < error < 0.15  # measured 0.106 here; NF4 keeps 4 bits per weight plus a scale per 64
+        torch.testing.assert_close(hq, rounded.model(input_ids=x).last_hidden_state, rtol=1e-5, atol=1e-5)
+    assert not torch.equal(h, hq)  # and it is rounded: NF4 keeps 4 bits per weight and a scale per block
 
 
 @pytest.mark.parametrize("impl", ["ours", "peft"])

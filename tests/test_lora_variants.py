@@ -9,9 +9,7 @@ import copy
 import pytest
 import torch
 from conftest import batch, tiny_model
-from peft import PeftModel
-from peft.optimizers import create_loraplus_optimizer
-from test_lora_vs_peft import (
+from helpers import (
     ALPHA,
     RANK,
     assert_same_logits_and_gradients,
@@ -19,6 +17,8 @@ from test_lora_vs_peft import (
     train_losses,
     trainable,
 )
+from peft import PeftModel
+from peft.optimizers import create_loraplus_optimizer
 
 from lora_lab import methods, quant
 from lora_lab.config import compose

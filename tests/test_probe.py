@@ -8,7 +8,7 @@ import json
 import pytest
 import torch
 from conftest import requires_assets, tiny_model
-from test_run import cli, token_cache  # noqa: F401  (a fixture)
+from helpers import cli
 
 from lora_lab import methods, probe
 from lora_lab.config import compose
@@ -87,7 +87,7 @@ def test_a_head_that_reads_every_position_is_refused_in_one_line() -> None:
 
 @pytest.mark.slow
 @requires_assets
-def test_seeds_of_real_minilm_share_the_encoded_evaluation_reviews(tmp_path, token_cache) -> None:  # noqa: F811
+def test_seeds_of_real_minilm_share_the_encoded_evaluation_reviews(tmp_path, token_cache) -> None:
     cache = tmp_path / "cache"
     run = ["method=head_only_cached", "model=minilm", "data.train_size=64", "data.eval_size=64"]
     for seed in (0, 1):

@@ -15,6 +15,7 @@ import pandas as pd
 import peft.peft_model
 import pytest
 from conftest import ASSETS, TINY_RUN, requires_assets
+from helpers import cli
 from hydra.core.global_hydra import GlobalHydra
 from safetensors import SafetensorError
 
@@ -22,31 +23,6 @@ from lora_lab import assets, recipe, run
 from lora_lab.lora import adapter_io
 
 pytestmark = requires_assets
-
-
-@pytest.fixture(scope="session")
-def token_cache(tmp_path_factory) -> Path:
-    """One tokenisation cache for the whole session, as a sweep would share one."""
-    return tmp_path_factory.mktemp("token-cache")
-
-
-def cli(tmp_path: Path, cache: Path, *overrides: str, env: dict | None = None) -> subprocess.CompletedProcess:
-    env = {
-        **os.environ,
-        "LORA_LAB_ASSETS": str(ASSETS),
-        "LORA_LAB_CACHE": str(cache),
-        **(env or {}),
-    }
-    for key in ("HYDRA_FULL_ERROR", "HF_HUB_OFFLINE"):
-        env.pop(key, None)
-    return subprocess.run(
-        [sys.executable, "-m", "lora_lab.run", *overrides, f"results_dir={tmp_path / 'results'}"],
-        cwd=tmp_path,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=600,
-    )
 
 
 def records(tmp_path: Path, experiment: str = "default") -> list[dict]:
