@@ -9,7 +9,7 @@ import re
 import sys
 from collections.abc import Sequence
 from pathlib import Path
-from typing import NoReturn
+from typing import TYPE_CHECKING, NoReturn
 
 from hydra import compose as hydra_compose
 from hydra import initialize_config_dir
@@ -18,6 +18,9 @@ from hydra.core.override_parser.overrides_parser import OverridesParser
 from hydra.errors import HydraException, MissingConfigException, OverrideParseException
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
+
+if TYPE_CHECKING:  # schema imports the method registry, which imports this module
+    from lora_lab.schema import Seeds
 
 CONF_DIR = Path(__file__).resolve().parent.parent / "conf"
 EXPERIMENTS_DIR = CONF_DIR.parent / "experiments"  # one folder per study, with its reference numbers
@@ -121,9 +124,14 @@ def hydra_message(err: BaseException) -> str | None:
 SEED_SOURCES = ("init", "data_order", "dropout")  # each has a setting `<source>_seed`, null meaning `seed`
 
 
-def seeds_of(cfg: DictConfig) -> dict[str, int]:
-    """The seed of each source of randomness, resolved: its own setting, or the master `seed`."""
-    return {s: cfg.seed if cfg.get(f"{s}_seed") is None else cfg.get(f"{s}_seed") for s in SEED_SOURCES}
+def seeds_of(cfg: DictConfig) -> Seeds:
+    """The seed of each source of randomness (SEED_SOURCES), resolved: its setting, or the master `seed`."""
+
+    def own(source: str) -> int:
+        value = cfg.get(f"{source}_seed")
+        return cfg.seed if value is None else value
+
+    return {"init": own("init"), "data_order": own("data_order"), "dropout": own("dropout")}
 
 
 def is_int(value: object) -> bool:

@@ -25,6 +25,7 @@ from transformers import PreTrainedTokenizerBase
 from lora_lab import assets
 from lora_lab.atomic import write_bytes_atomic
 from lora_lab.config import require
+from lora_lab.schema import Fingerprint
 
 SPLITS = ("train", "test")
 COLUMNS = ("text", "label")
@@ -244,7 +245,7 @@ def splits(cfg: DictConfig, seed: int) -> tuple[pd.DataFrame, pd.DataFrame]:
     return train, evaluation
 
 
-def fingerprint(frame: pd.DataFrame) -> dict:
+def fingerprint(frame: pd.DataFrame) -> Fingerprint:
     """What a split of a run holds, to tell it from other data under the same settings: its size and a
     sha256 of its example ids, texts and labels, in order."""
     digest = hashlib.sha256()

@@ -13,6 +13,7 @@ from pathlib import Path
 import torch
 
 from lora_lab.config import require
+from lora_lab.schema import Gpu
 
 PRECISIONS = ("auto", "bf16", "fp16", "fp32")
 DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}  # what autocast computes in
@@ -69,7 +70,7 @@ def grad_scaler(device: torch.device, precision: str) -> torch.amp.GradScaler:
     return torch.amp.GradScaler(device.type, enabled=precision == "fp16")
 
 
-def gpu_of(device: torch.device) -> dict | None:
+def gpu_of(device: torch.device) -> Gpu | None:
     """Which GPU a run used: name, compute capability, memory, and the CUDA and driver versions."""
     if device.type != "cuda":
         return None

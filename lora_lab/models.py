@@ -25,6 +25,7 @@ from transformers import (
 
 from lora_lab import assets
 from lora_lab.config import CONF_DIR
+from lora_lab.schema import Weights
 
 
 def quiet_libraries() -> None:
@@ -53,7 +54,7 @@ def gguf_file(cfg: DictConfig, source: str) -> str | None:
     return found[0].name if found else None
 
 
-def weights_of(cfg: DictConfig) -> dict:
+def weights_of(cfg: DictConfig) -> Weights:
     """Which weights a run loaded: where from, which file, and its sha256 when it is a local file (a GGUF's
     de-quantised weights are close to, not equal to, the original checkpoint's)."""
     source = assets.on_disk(cfg.name, cfg.get("local")) or cfg.name

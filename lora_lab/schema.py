@@ -4,8 +4,54 @@ from __future__ import annotations
 
 import dataclasses
 from collections.abc import Iterable
+from typing import TypedDict
 
 from lora_lab.identity import digest, identity_of
+
+
+class Seeds(TypedDict):
+    """The seed of each source of randomness, resolved (config.seeds_of)."""
+
+    init: int
+    data_order: int
+    dropout: int
+
+
+class Fingerprint(TypedDict):
+    """What a split of a run held (data.fingerprint): its size and a sha256 of its ids, texts and labels."""
+
+    examples: int
+    sha256: str
+
+
+class DataFingerprints(TypedDict):
+    train: Fingerprint
+    eval: Fingerprint
+
+
+class Weights(TypedDict):
+    """The pretrained weights a run loaded (models.weights_of)."""
+
+    source: str
+    file: str | None
+    sha256: str | None  # of the file, where it is a local one
+
+
+class PredictionsFile(TypedDict):
+    """The per-example predictions beside the record (store.write_predictions)."""
+
+    file: str
+    sha256: str
+
+
+class Gpu(TypedDict):
+    """The GPU a run used (hardware.gpu_of)."""
+
+    name: str
+    capability: str
+    memory_gb: float
+    cuda: str | None
+    driver: str | None
 
 
 @dataclasses.dataclass
@@ -25,10 +71,14 @@ class Record:
     targets: str | list | None = None
     rank: int | None = None
     impl: str | None = None  # ours | peft (methods with an implementation)
-    seeds: dict | None = None  # the seed of each source of randomness, resolved (config.seeds_of)
+    seeds: Seeds | None = None
     quant: str | None = None
-    weights: dict | None = None  # pretrained weights loaded: {"source", "file", "sha256"} (models.weights_of)
-    data: dict | None = None  # {"train"|"eval": {"examples", "sha256"}} (data.fingerprint) of what it ran on
+    weights: Weights | None = (
+        None  # pretrained weights loaded: {"source", "file", "sha256"} (models.weights_of)
+    )
+    data: DataFingerprints | None = (
+        None  # {"train"|"eval": {"examples", "sha256"}} (data.fingerprint) of what it ran on
+    )
     trainable_params: int | None = None
     total_params: int | None = None
     trainable_pct: float | None = None
@@ -39,7 +89,7 @@ class Record:
     accuracy: float | None = None
     macro_f1: float | None = None
     eval_loss: float | None = None
-    predictions: dict | None = None  # {"file": <name>.preds.parquet, "sha256": ...}
+    predictions: PredictionsFile | None = None  # {"file": <name>.preds.parquet, "sha256": ...}
     collapsed: str | None = None  # why the run counts as collapsed (store.collapse); None: it learned
     train_loss_curve: list | None = None
     steps: int | None = None
@@ -53,7 +103,7 @@ class Record:
     peak_memory_mb: float | None = None  # training's peak, before scoring
     peak_memory_of: str | None = None  # what peak_memory_mb measures: CUDA tensors, or the process's RSS
     peak_memory_reserved_mb: float | None = None  # CUDA only: the caching allocator's peak
-    gpu: dict | None = None  # train.gpu_of: name, capability, memory, CUDA and driver versions
+    gpu: Gpu | None = None  # train.gpu_of: name, capability, memory, CUDA and driver versions
     adapter_bytes: int | None = None
     finished_at: str | None = None
     wall_s: float | None = None

@@ -14,7 +14,7 @@ from omegaconf import DictConfig
 from scipy import stats
 
 from lora_lab.atomic import write_atomic, write_text_atomic
-from lora_lab.schema import Record
+from lora_lab.schema import PredictionsFile, Record
 
 
 def run_dir(cfg: DictConfig) -> Path:
@@ -87,7 +87,7 @@ def collapse(pred: np.ndarray, label: np.ndarray) -> str | None:
     return None
 
 
-def write_predictions(record_path: Path, predictions: pd.DataFrame) -> dict:
+def write_predictions(record_path: Path, predictions: pd.DataFrame) -> PredictionsFile:
     """Write a run's per-example predictions beside its record (atomically); what the record says of them."""
     path = record_path.with_name(record_path.stem + PREDICTIONS_SUFFIX)
     path.parent.mkdir(parents=True, exist_ok=True)

@@ -25,6 +25,7 @@ from lora_lab.hardware import (
     peak_reserved_mb,
     reset_peak_memory,
 )
+from lora_lab.schema import Gpu
 
 
 class NonFiniteLoss(RuntimeError):
@@ -114,7 +115,7 @@ class Fit:
     peak_memory_mb: float
     peak_memory_of: str
     peak_memory_reserved_mb: float | None  # CUDA: what the caching allocator held at its peak
-    gpu: dict | None
+    gpu: Gpu | None
     predictions: dict[str, np.ndarray]  # "pred" (label) and "prob_pos", in the evaluation set's order
 
     def metrics(self) -> dict:
