@@ -11,6 +11,7 @@ from hydra import compose, initialize_config_dir
 from lora_lab import config, identity, methods, run, schema
 from lora_lab.analysis import claims as claims_module
 from lora_lab.analysis import runs
+from lora_lab.analysis.plan import load_plan
 
 
 def compose_with_hydra(overrides: list[str]):
@@ -83,8 +84,12 @@ def test_the_learning_rate_setting_a_row_answers_to() -> None:
     assert methods.lr_setting(config.compose(["method=qv_r8", "method.lr=1e-3"])) == "method.lr"
 
 
-@pytest.mark.parametrize("experiment", ["imdb_cpu", "imdb_methods_cpu", "imdb_llm_cpu"])
+@pytest.mark.parametrize(
+    "experiment", ["imdb_cpu", "imdb_methods_cpu", "imdb_llm_cpu", "imdb_full_cpu", "imdb_methods_bf16"]
+)
 def test_every_claim_names_a_row_its_study_sweeps(experiment: str) -> None:
+    """Each claim of the study (its plan's claims file where a plan governs its folder) names rows as the
+    analysis of that folder will name them."""
     cfg = compose_with_hydra([f"experiment={experiment}"])
     records = []
     sharing = [  # every experiment that writes into this study's folder (e.g. a tuned-rate row of its own)
@@ -109,7 +114,9 @@ def test_every_claim_names_a_row_its_study_sweeps(experiment: str) -> None:
             )
         )
     names = set(runs.frame(records, experiment)["configuration"])  # as the analysis names the rows
-    claims = claims_module.load_claims(cfg.experiment_name)
+    plan = load_plan(config.CONF_DIR.parent / "results" / cfg.experiment_name)
+    path = config.CONF_DIR.parent / plan.claims if plan else None
+    claims = claims_module.load_claims(cfg.experiment_name, path)
     named = {label for claim in claims for label in (claim.a, claim.b) if label}
     assert named and named <= names, (named - names, names)
 
