@@ -57,7 +57,8 @@ def report(result: dict, args: argparse.Namespace) -> str:
     return "\n".join(lines)
 
 
-def main(argv: list[str] | None = None) -> None:
+def arguments() -> argparse.ArgumentParser:
+    """The bench's options: what to build, how to measure it, and the end-to-end table."""
     parser = config.ArgumentParser(prog="python -m lora_lab.bench", description=DESCRIPTION)
     root = assets.asset_root()
     default_model = "minilm" if root and (root / "models").is_dir() else "distilbert"
@@ -145,6 +146,11 @@ def main(argv: list[str] | None = None) -> None:
         help="JSON file (default: outputs/bench/<model>_<device>_b<batch>_s<seq>.json, which git ignores; "
         "results/bench/ holds the committed ones, written only when named here)",
     )
+    return parser
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = arguments()
     argv = sys.argv[1:] if argv is None else argv
     args = parser.parse_args(argv)
     least = {"batch": 1, "seq": 2, "rank": 1, "rounds": 1, "warmup": 0, "threads": 1}
