@@ -84,3 +84,24 @@ def test_a_study_over_the_master_seed_alone_writes_no_sources_report(tmp_path) -
     assert sources.varied(runs).empty
     assert sources.write(runs, tmp_path, [], None) == []
     assert not list(tmp_path.iterdir())
+
+
+def test_a_source_whose_values_tie_decides_nothing() -> None:
+    """Accuracy on a fixed test set moves in steps of one example: two values can give the same accuracy, a
+    variance of 0 that an F interval would turn into an infinite ratio and a verdict."""
+    sets = pd.DataFrame(
+        {
+            "label": "row",
+            "impl": "ours",
+            "source": list(SPREAD),
+            "values": [(0, 1)] * 3,
+            "accuracy_pp": [(82.14, 82.64), (82.64, 81.48), (82.64, 82.64)],
+        }
+    )
+    table = sources.shares(sets, draws=100)
+    pairs = sources.compare(table).set_index(["a", "b"])["verdict"]
+    assert pairs[("init", "dropout")] == "inconclusive: every value of dropout gave the same accuracy (ties)"
+    assert pairs[("data_order", "dropout")].startswith("inconclusive: ")
+    assert pairs[("init", "data_order")] == "inconclusive"
+    shown = sources.to_markdown(table, sources.compare(table), None)
+    assert "| row (ours) | dropout | 2 | 82.64 | 0: every value gave the same accuracy | — |" in shown

@@ -94,7 +94,11 @@ def shares(sets: pd.DataFrame, draws: int = DRAWS) -> pd.DataFrame:
 
 def compare(table: pd.DataFrame) -> pd.DataFrame:
     """Each pair of sources in a row: the variance ratio a/b and its F interval, at LEVEL Bonferroni-adjusted
-    over every pair of every row; `more` names the larger source where the interval excludes 1."""
+    over every pair of every row; `more` names the larger source where the interval excludes 1.
+
+    A variance of exactly 0 decides nothing: accuracy on a fixed test set moves in steps of one example, so a
+    few values can tie, and the F interval (which takes the variance as continuous) would call any ratio
+    against it infinite. Such a pair is inconclusive, and says why."""
     pairs = [
         (label, impl, a, b)
         for (label, impl), row in table.groupby(["label", "impl"], sort=False, dropna=False)
@@ -103,11 +107,15 @@ def compare(table: pd.DataFrame) -> pd.DataFrame:
     alpha = (1 - LEVEL) / max(len(pairs), 1)
     out = []
     for label, impl, a, b in pairs:
-        ratio = a.variance / b.variance if b.variance > 0 else np.inf
+        tied = [s.source for s in (a, b) if s.variance == 0]
+        ratio = a.variance / b.variance if not tied else np.nan
         da, db = a.n - 1, b.n - 1
         low = ratio / stats.f.ppf(1 - alpha / 2, da, db)
         high = ratio / stats.f.ppf(alpha / 2, da, db)
         more = a.source if low > 1 else b.source if high < 1 else None
+        verdict = f"{more} moves accuracy more" if more else "inconclusive"
+        if tied:
+            verdict = f"inconclusive: every value of {' and '.join(tied)} gave the same accuracy (ties)"
         out.append(
             {
                 "label": label,
@@ -118,7 +126,7 @@ def compare(table: pd.DataFrame) -> pd.DataFrame:
                 "ratio_low": low,
                 "ratio_high": high,
                 "level": 1 - alpha,
-                "verdict": f"{more} moves accuracy more" if more else "inconclusive",
+                "verdict": verdict,
             }
         )
     return pd.DataFrame(out)
@@ -145,17 +153,17 @@ def to_markdown(table: pd.DataFrame, pairs: pd.DataFrame, master: pd.DataFrame |
         "|---|---|---|---|---|---|",
     ]
     for r in table.itertuples(index=False):
-        lines.append(
-            f"| {r.label} ({r.impl}) | {r.source} | {r.n} | {r.accuracy_mean:.2f} | "
-            f"{r.variance:.3f} [{r.variance_low:.3f}, {r.variance_high:.3f}] | "
-            f"{r.share:.2f} [{r.share_low:.2f}, {r.share_high:.2f}] |"
-        )
+        spread = f"{r.variance:.3f} [{r.variance_low:.3f}, {r.variance_high:.3f}]"
+        share = f"{r.share:.2f} [{r.share_low:.2f}, {r.share_high:.2f}]"
+        if r.variance == 0:  # a tie, not a source that moves nothing: no interval to give
+            spread, share = "0: every value gave the same accuracy", "—"
+        row = f"{r.label} ({r.impl})"
+        lines.append(f"| {row} | {r.source} | {r.n} | {r.accuracy_mean:.2f} | {spread} | {share} |")
     lines += ["", "| row | a / b | variance ratio, interval (level) | verdict |", "|---|---|---|---|"]
     for p in pairs.itertuples(index=False):
-        lines.append(
-            f"| {p.label} ({p.impl}) | {p.a} / {p.b} | {p.ratio:.2f} [{p.ratio_low:.2f}, {p.ratio_high:.2f}] "
-            f"({100 * p.level:.1f}%) | {p.verdict} |"
-        )
+        ratio = "—" if np.isnan(p.ratio) else f"{p.ratio:.2f} [{p.ratio_low:.2f}, {p.ratio_high:.2f}]"
+        level = f"{100 * p.level:.1f}%"
+        lines.append(f"| {p.label} ({p.impl}) | {p.a} / {p.b} | {ratio} ({level}) | {p.verdict} |")
     if master is not None and len(master):
         lines += ["", "Over the master seed (every source and the training subset move):", ""]
         lines += [
