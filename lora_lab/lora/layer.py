@@ -4,8 +4,9 @@
     DoRA:  y = m / ||W + s B A||  * (W x + s B A dropout(x)) + b   (norm per output row, detached)
 
 A is (r, d_in), B is (d_out, r). The shapes, key names and initialisations follow PEFT's, so adapters move
-between the two implementations unchanged. A variant subclasses LoRALinear and overrides `add_update`
-(and, if it changes the merged weight, `merge`/`unmerge`).
+between the two implementations unchanged. A variant that computes something new subclasses LoRALinear,
+overrides `add_update` (and `merge`/`unmerge` if it changes the merged weight; `tensor_shapes` and
+`adapter_tensors` if it adds tensors), and is named by its option's `layer` in settings.py.
 """
 
 from __future__ import annotations
@@ -17,7 +18,7 @@ from torch import nn
 from transformers.pytorch_utils import Conv1D
 
 from lora_lab.dropout import keep_mask, keep_scale
-from lora_lab.lora.settings import RANDOM_INITS, LoRASettings
+from lora_lab.lora.settings import RANDOM_INITS, LoRASettings, layer_path
 
 
 def linear_shape(module: nn.Module) -> tuple[int, int]:
@@ -44,7 +45,9 @@ def is_quantized(module: nn.Module) -> bool:
 
 
 def layer_class(settings: LoRASettings) -> type[LoRALinear]:
-    return DoRALinear if settings.use_dora else LoRALinear
+    """The layer that runs these settings: the one a variant's declaration names, else LoRALinear."""
+    path = settings.layer()
+    return layer_path(path) if path else LoRALinear
 
 
 class LoRALinear(nn.Module):

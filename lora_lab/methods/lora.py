@@ -11,7 +11,7 @@ from omegaconf import DictConfig, ListConfig
 
 from lora_lab.config import is_number, require, seeds_of
 from lora_lab.families import FAMILIES, family_of
-from lora_lab.lora.settings import INITS, RANDOM_INITS, LoRASettings, to_peft
+from lora_lab.lora.settings import RANDOM_INITS, LoRASettings, to_peft
 from lora_lab.methods.base import IMPLS, Method, is_peft, peft_merge
 
 if TYPE_CHECKING:
@@ -29,27 +29,34 @@ def targets_of(model: nn.Module, targets: str | Sequence[str]) -> str | list[str
     return str(targets)  # "all-linear" or a regex
 
 
-def lora_settings(cfg: DictConfig) -> LoRASettings:
-    """The LoRA settings of a config: its top-level keys named like LoRASettings' fields (null: default)."""
-    return LoRASettings.from_options(**{f.name: cfg.get(f.name) for f in dataclasses.fields(LoRASettings)})
-
-
 class LoRA(Method):
     """Low-rank adapters (and the DoRA, PiSSA/OLoRA and LoRA+ variants), ours or PEFT's, with the
-    classification head trained in full beside them."""
+    classification head trained in full beside them.
+
+    `options` is the settings class whose fields are the run's LoRA keys: LoRASettings, or a subclass that
+    declares a variant from outside the repository (`methods.METHODS["lora"] = LoRA(MySettings)`)."""
 
     impls = IMPLS
-    settings = ("impl", "lora_lr", "lora_plus_ratio", *(f.name for f in dataclasses.fields(LoRASettings)))
     adds = ("lora_", "modules_to_save")
+
+    def __init__(self, options: type[LoRASettings] = LoRASettings) -> None:
+        self.options = options
+        self.settings = ("impl", "lora_lr", "lora_plus_ratio", *(f.name for f in dataclasses.fields(options)))
+
+    def settings_of(self, cfg: DictConfig) -> LoRASettings:
+        """The LoRA settings of a config: its top-level keys named like the fields (null/absent: default)."""
+        fields = dataclasses.fields(self.options)
+        return self.options.from_options(**{f.name: cfg.get(f.name) for f in fields})
 
     def check(self, cfg: DictConfig) -> None:
         super().check(cfg)
-        init = cfg.get("init")
-        require(init is None or init in INITS, "init", init, f"one of {INITS}, or null for kaiming")
         ratio = cfg.get("lora_plus_ratio")
         ok = ratio is None or (is_number(ratio) and ratio > 0)
         require(ok, "lora_plus_ratio", ratio, "B's learning rate over A's (> 0; LoRA+ uses 16), or null")
-        lora_settings(cfg).check()  # rank, alpha, dropout, flags: before any model loads
+        settings = self.settings_of(cfg)
+        settings.check()  # rank, alpha, dropout, init, flags: before any model loads
+        if cfg.impl == "peft" and settings.without_peft():
+            raise ValueError(f"{', '.join(settings.without_peft())} has no PEFT counterpart; use impl=ours")
         targets = cfg.method.targets
         if not isinstance(targets, str) and len(targets) == 0:
             model_type = cfg.model.get("model_type")
@@ -65,7 +72,7 @@ class LoRA(Method):
         family = family_of(model)
         targets = targets_of(model, cfg.method.targets)
         saved = list(family.lora_modules_to_save)
-        settings = lora_settings(cfg)
+        settings = self.settings_of(cfg)
         if cfg.impl == "ours":
             model = lora.apply_lora(model, targets, settings, modules_to_save=saved)
         else:
@@ -90,13 +97,23 @@ class LoRA(Method):
     def label(self, cfg: DictConfig) -> str:
         targets = cfg.method.targets
         name = TARGET_LABELS.get(targets, targets if isinstance(targets, str) else "+".join(targets))
-        variant = ", ".join(label for label, _ in _variants(cfg))
+        variant = ", ".join(label for label, _ in self.variants(cfg))
         return f"{name} (r={cfg.rank}{', ' + variant if variant else ''})"
 
     def row(self, cfg: DictConfig) -> str:
         targets = cfg.method.targets if isinstance(cfg.method.targets, str) else "custom"
-        variant = "".join(f"_{slug}" for _, slug in _variants(cfg))
+        variant = "".join(f"_{slug}" for _, slug in self.variants(cfg))
         return f"{targets}_r{cfg.rank}{variant}"
+
+    def variants(self, cfg: DictConfig) -> list[tuple[str, str]]:
+        """The named variants a config turns on, as (label, run-name part): those its settings declare, then
+        LoRA+ (a learning-rate split) and QLoRA (LoRA on an NF4 base), which live outside the settings."""
+        names = self.settings_of(cfg).variants()
+        if cfg.get("lora_plus_ratio"):
+            names.append(("LoRA+", "loraplus"))
+        if cfg.get("quant"):
+            names.append((f"{cfg.quant.upper()} base", cfg.quant))
+        return names
 
     def save(self, model: nn.Module, path: Path, base_name: str) -> Path:
         """The adapter in PEFT's format (PiSSA/OLoRA converted to a plain LoRA on the original base)."""
@@ -116,19 +133,6 @@ class LoRA(Method):
         from lora_lab import lora
 
         model.unmerge_adapter() if is_peft(model) else lora.unmerge(model)
-
-
-def _variants(cfg: DictConfig) -> list[tuple[str, str]]:
-    """The named LoRA variants a config turns on, as (label, run-name part); QLoRA is LoRA on an NF4 base."""
-    settings = lora_settings(cfg)
-    names = {"pissa": [("PiSSA", "pissa")], "olora": [("OLoRA", "olora")]}.get(settings.init, [])
-    if settings.use_dora:
-        names.append(("DoRA", "dora"))
-    if cfg.get("lora_plus_ratio"):
-        names.append(("LoRA+", "loraplus"))
-    if cfg.get("quant"):
-        names.append((f"{cfg.quant.upper()} base", cfg.quant))
-    return names
 
 
 def _peft_lora(
