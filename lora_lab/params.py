@@ -10,12 +10,13 @@ from __future__ import annotations
 import math
 import sys
 from collections.abc import Sequence
+from typing import TYPE_CHECKING
 
-import torch
-from torch import nn
+from lora_lab import config, methods
 
-from lora_lab import config, methods, models
-from lora_lab.build import build_model
+if TYPE_CHECKING:
+    import torch
+    from torch import nn
 
 
 def count(model: nn.Module) -> tuple[int, int]:
@@ -49,6 +50,8 @@ def frozen_bytes(model: nn.Module) -> int:
 def row_counts(overrides: Sequence[str] = (), experiment: str = "imdb_ablation") -> list[dict]:
     """One dict per row of `experiment` (the reference's seven by default): label and (trainable,
     total_base) for ours and for PEFT."""
+    from lora_lab.build import build_model  # torch and transformers: after the settings are checked
+
     rows = []
     for row in config.sweep_rows(experiment):
         cfg = config.compose([*overrides, f"method={row}", "model.pretrained=false"])
@@ -73,9 +76,13 @@ def format_table(rows: list[dict]) -> str:
 
 
 def main(argv: Sequence[str] | None = None) -> None:
-    models.quiet_libraries()
+    overrides = sys.argv[1:] if argv is None else argv
     try:
-        print(format_table(row_counts(sys.argv[1:] if argv is None else argv)))
+        config.compose(list(overrides))  # a bad name or value is refused before torch loads
+        from lora_lab import models
+
+        models.quiet_libraries()
+        print(format_table(row_counts(overrides)))
     except config.USER_ERRORS as err:  # e.g. model=nope: one line, exit 2, as the runner says it
         config.fail(err)
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import runpy
 import subprocess
 import sys
 
@@ -153,12 +154,13 @@ def test_memory_bench_measures_qlora_beside_the_float_floor_in_fresh_processes(t
         ),
     ],
 )
-def test_unknown_names_are_one_line_and_exit_2(module, arguments, message) -> None:
-    out = subprocess.run(
-        [sys.executable, "-m", module, *arguments], capture_output=True, text=True, timeout=300
-    )
-    assert out.returncode == 2
-    [line] = out.stderr.strip().splitlines()
+def test_unknown_names_are_one_line_and_exit_2(module, arguments, message, monkeypatch, capsys) -> None:
+    """`python -m module ...` run in this process (the same entry point, without a second interpreter)."""
+    monkeypatch.setattr(sys, "argv", [module, *arguments])
+    with pytest.raises(SystemExit) as exit:
+        runpy.run_module(module, run_name="__main__", alter_sys=True)
+    assert exit.value.code == 2
+    [line] = capsys.readouterr().err.strip().splitlines()
     assert line.startswith("error: ") and message in line
 
 

@@ -1,6 +1,6 @@
 """Sweeps beyond one process, for real: submitit's local executor (the SLURM path without a cluster) and a
-Ray cluster started and stopped here write the same records as the basic launcher, and a killed job costs
-only itself."""
+Ray cluster started and stopped here write the same records as the basic launcher, a killed job costs only
+itself, and a resubmitted sweep runs only what is missing."""
 
 from __future__ import annotations
 
@@ -17,7 +17,7 @@ import pytest
 from conftest import ASSETS, requires_assets
 
 pytestmark = [requires_assets, pytest.mark.slow]
-SWEEP = ["-m", "experiment=smoke", "seed=0,1", "trainer.num_threads=1", "trainer.progress=false"]
+SWEEP = ["-m", "experiment=smoke", "trainer.num_threads=1", "trainer.progress=false"]
 TIMING = ("finished_at", "wall_s", "load_s", "train_wall_s", "eval_wall_s", "train_examples_per_s")
 TIMING += ("train_tokens_per_s", "train_padded_tokens_per_s", "peak_memory_mb")
 # Ray on this host's loopback only: without the switch it resolves 127.0.0.1 to the host's routable address
@@ -56,13 +56,27 @@ def basic(tmp_path_factory) -> dict[str, dict]:
     return records(folder)
 
 
-def test_submitit_local_runs_the_slurm_path_and_writes_the_same_records(tmp_path, basic) -> None:
-    out = sweep(tmp_path, *SWEEP, "hydra/launcher=submitit_local")
-    assert out.returncode == 0, out.stdout[-2000:] + out.stderr[-2000:]
-    assert len(basic) == 2 and records(tmp_path) == basic
-    again = sweep(tmp_path, *SWEEP, "hydra/launcher=submitit_local")  # resubmitted: nothing runs twice
+def test_submitit_local_writes_the_same_records_a_killed_job_costs_only_itself_and_a_rerun_finishes(
+    tmp_path, basic
+) -> None:
+    """One job trains one epoch (the basic sweep's run), the other 200: once the short one's record is
+    written, every job process still running is killed (the long one's), as a node failure or a scheduler's
+    kill would. Resubmitted, the sweep skips the finished job and runs the other."""
+    overrides = [*SWEEP, "trainer.epochs=1,200", "hydra/launcher=submitit_local"]
+    launcher = sweep(tmp_path, *overrides, wait=False)
+    runs = tmp_path / "results" / "smoke" / "runs"
+    deadline = time.time() + 300
+    while not list(runs.glob("*.json")) and time.time() < deadline and launcher.poll() is None:
+        time.sleep(0.2)
+    killed = [pid for pid in job_processes(launcher.pid) if not os.kill(pid, signal.SIGKILL)]
+    launcher.wait(timeout=300)
+    assert killed and launcher.returncode != 0  # the sweep says a job failed
+    assert len(basic) == 1 and records(tmp_path) == basic  # the short job's record, the long one's not
+    rerun = sweep(tmp_path, *overrides)
+    assert rerun.returncode == 0, rerun.stdout[-2000:] + rerun.stderr[-2000:]
     logs = "".join(p.read_text() for p in tmp_path.rglob("*_log.out"))
-    assert again.returncode == 0 and logs.count("complete already, skipped") == 2
+    assert logs.count("complete already, skipped") == 1
+    assert len(records(tmp_path)) == 2 and not list(runs.glob("*.tmp"))
 
 
 def free_port() -> int:
@@ -100,25 +114,6 @@ def test_a_ray_cluster_runs_the_sweep_and_writes_the_same_records(tmp_path, basi
         subprocess.run([str(ray), "stop", "--force"], env=env, capture_output=True, timeout=120)
     assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
     assert records(tmp_path) == basic
-
-
-def test_a_killed_job_costs_only_itself_and_a_rerun_finishes_the_sweep(tmp_path) -> None:
-    """One job trains 200 epochs, the other one: once the short one's record is written, every job process
-    still running is killed (the long one's), as a node failure or a scheduler's kill would."""
-    overrides = ["-m", "experiment=smoke", "trainer.epochs=1,200", "trainer.num_threads=1"]
-    overrides += ["trainer.progress=false", "hydra/launcher=submitit_local"]
-    launcher = sweep(tmp_path, *overrides, wait=False)
-    runs = tmp_path / "results" / "smoke" / "runs"
-    deadline = time.time() + 300
-    while not list(runs.glob("*.json")) and time.time() < deadline and launcher.poll() is None:
-        time.sleep(0.2)
-    killed = [pid for pid in job_processes(launcher.pid) if not os.kill(pid, signal.SIGKILL)]
-    launcher.wait(timeout=300)
-    assert killed and len(list(runs.glob("*.json"))) == 1  # the short job's record, the long one's not
-    assert launcher.returncode != 0  # the sweep says a job failed
-    rerun = sweep(tmp_path, *overrides)
-    assert rerun.returncode == 0, rerun.stdout[-2000:] + rerun.stderr[-2000:]
-    assert len(records(tmp_path)) == 2 and not list(runs.glob("*.tmp"))
 
 
 def job_processes(root: int) -> list[int]:

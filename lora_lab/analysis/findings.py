@@ -94,7 +94,7 @@ def check(
 
 def _paired(a: pd.DataFrame, b: pd.DataFrame, seeds: list) -> pd.DataFrame:
     """a - b in correctness, per test example and shared seed."""
-    if set(a.index) != set(b.index):
+    if not a.index.equals(b.index) and set(a.index) != set(b.index):  # equal in order: no sets to build
         raise ValueError("two rows of a claim were scored on different test examples; they cannot be paired")
     return a[seeds] - b.loc[a.index, seeds]
 
@@ -199,9 +199,9 @@ def _leave_one_out(claim: Claim, d: pd.DataFrame, level: float, verdict: str) ->
     seeds whose absence changes it (a claim that holds only with one seed in rests on that seed)."""
     if d.shape[1] < 3:
         return "needs 3 seeds"
-    changed = []
-    for seed in d.columns:
-        low, high = (100 * v for v in stats.Crossed.fit(d.drop(columns=seed).to_numpy()).interval(level))
+    changed, matrix = [], d.to_numpy()
+    for i, seed in enumerate(d.columns):
+        low, high = (100 * v for v in stats.Crossed.fit(np.delete(matrix, i, axis=1)).interval(level))
         if claim.verdict(low, high) != verdict:
             changed.append(f"{seed}: {claim.verdict(low, high)}")
     agree = f"{d.shape[1] - len(changed)} of {d.shape[1]} {verdict}"
@@ -241,15 +241,16 @@ def _grid_column(examples: float) -> str:
 
 def _config(table: pd.DataFrame, label: str, impl: str) -> str:
     """The config_id of the row named `label` (of `impl`, or its impl-less row: head-only, full)."""
-    rows = table[(table["configuration"] == label) & table["impl"].isin([impl, NO_IMPL])]
-    if len(rows) != 1:
-        found = "; ".join(f"{c} ({i})" for c, i in zip(table["configuration"], table["impl"], strict=True))
-        problem = "names no row of the study" if rows.empty else f"matches {len(rows)} rows"
+    rows = list(zip(table["configuration"], table["impl"], table["config_id"], strict=True))
+    ids = [cid for c, i, cid in rows if c == label and i in (impl, NO_IMPL)]
+    if len(ids) != 1:
+        found = "; ".join(f"{c} ({i})" for c, i, _ in rows)
+        problem = "names no row of the study" if not ids else f"matches {len(ids)} rows"
         raise ValueError(
             f"a claim's row {label!r} (impl {impl}) {problem}: fix the label in the claims file; the rows: "
             f"{found} (a row whose runs have not landed yet: analyse with --claims none until they do)"
         )
-    return rows["config_id"].iloc[0]
+    return ids[0]
 
 
 def _row(table: pd.DataFrame, config_id: str) -> str:
