@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import re
 
 import pandas as pd
@@ -84,6 +85,13 @@ def test_the_learning_rate_setting_a_row_answers_to() -> None:
     assert methods.lr_setting(config.compose(["method=qv_r8", "method.lr=1e-3"])) == "method.lr"
 
 
+@functools.cache
+def experiment_folders() -> dict[str, str]:
+    """Each experiment file's results folder (composed once per test process)."""
+    paths = sorted((config.CONF_DIR / "experiment").glob("*.yaml"))
+    return {p.stem: config.compose([f"experiment={p.stem}"]).experiment_name for p in paths}
+
+
 @pytest.mark.parametrize(
     "experiment", ["imdb_cpu", "imdb_methods_cpu", "imdb_llm_cpu", "imdb_full_cpu", "imdb_methods_bf16"]
 )
@@ -92,11 +100,8 @@ def test_every_claim_names_a_row_its_study_sweeps(experiment: str) -> None:
     analysis of that folder will name them."""
     cfg = compose_with_hydra([f"experiment={experiment}"])
     records = []
-    sharing = [  # every experiment that writes into this study's folder (e.g. a tuned-rate row of its own)
-        p.stem
-        for p in sorted((config.CONF_DIR / "experiment").glob("*.yaml"))
-        if config.compose([f"experiment={p.stem}"]).experiment_name == cfg.experiment_name
-    ]
+    # every experiment that writes into this study's folder (e.g. a tuned-rate row of its own)
+    sharing = [name for name, folder in experiment_folders().items() if folder == cfg.experiment_name]
     for sweep, row in [(e, r) for e in sharing for r in config.sweep_rows(e)]:
         run = config.compose([f"experiment={sweep}", f"method={row}"])
         method = methods.of(run)
