@@ -83,6 +83,7 @@ TINY_BENCH = [
 ]
 
 
+@pytest.mark.slow
 @requires_assets
 def test_bench_command_writes_every_variant(tmp_path) -> None:
     out = tmp_path / "bench.json"
@@ -96,6 +97,7 @@ def test_bench_command_writes_every_variant(tmp_path) -> None:
     assert set(result["provenance"]) >= {"git_commit", "git_dirty", "versions", "machine", "date"}
 
 
+@pytest.mark.slow
 def test_the_bench_writes_into_an_ignored_folder_unless_told(tmp_path, monkeypatch) -> None:
     """Its defaults once overwrote a committed results/bench/ file: now they land under outputs/."""
     monkeypatch.chdir(tmp_path)
@@ -171,6 +173,7 @@ def test_the_end_to_end_bench_runs_the_baselines_seven_runs() -> None:
     assert {config.compose(job).trainer.num_threads for job in parallel} == {1}  # --jobs: one thread a job
 
 
+@pytest.mark.slow
 def test_a_studys_cost_counts_runs_not_sweep_jobs() -> None:
     runs = cost.runs_of("imdb_cpu")  # seven rows x seeds 0-2 x impl ours,peft: 42 jobs
     assert runs[("head_only", "—")][1] == runs[("full", "—")][1] == 3  # no impl: the peft job skips
@@ -178,6 +181,7 @@ def test_a_studys_cost_counts_runs_not_sweep_jobs() -> None:
     assert sum(n for _, n in runs.values()) == 36
 
 
+@pytest.mark.slow
 @requires_assets
 def test_a_studys_cost_scales_a_short_sample_to_its_sizes(monkeypatch, tmp_path) -> None:
     monkeypatch.setenv("LORA_LAB_CACHE", str(tmp_path))

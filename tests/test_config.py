@@ -92,6 +92,7 @@ def experiment_folders() -> dict[str, str]:
     return {p.stem: config.compose([f"experiment={p.stem}"]).experiment_name for p in paths}
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(
     "experiment", ["imdb_cpu", "imdb_methods_cpu", "imdb_llm_cpu", "imdb_full_cpu", "imdb_methods_bf16"]
 )

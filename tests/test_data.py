@@ -83,6 +83,7 @@ def load_from_hub(tmp_path: Path, **env: str) -> tuple[subprocess.CompletedProce
     return out, time.perf_counter() - start
 
 
+@pytest.mark.slow
 def test_unreachable_hub_is_found_out_at_once(tmp_path) -> None:
     # A closed local port stands in for a Hub this machine cannot reach.
     out, seconds = load_from_hub(tmp_path, HF_ENDPOINT="http://127.0.0.1:9")
@@ -92,6 +93,7 @@ def test_unreachable_hub_is_found_out_at_once(tmp_path) -> None:
     assert "set LORA_LAB_ASSETS to a folder holding data/imdb" in out.stderr
 
 
+@pytest.mark.slow
 def test_offline_mode_reads_the_cache_and_says_what_was_tried(tmp_path) -> None:
     out, _ = load_from_hub(tmp_path, HF_HUB_OFFLINE="1", HF_DATASETS_OFFLINE="1")
     assert out.returncode != 0

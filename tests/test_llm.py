@@ -14,6 +14,7 @@ from conftest import ASSETS, IMDB, requires_assets
 from lora_lab import data, methods, models
 from lora_lab.config import compose
 
+pytestmark = pytest.mark.slow  # the GGUF file is dequantised once for the module: tens of seconds
 SMOLLM = ASSETS / "models" / "smollm2-135m-instruct-q4_1"
 
 

@@ -134,6 +134,7 @@ def test_a_finished_run_counts_only_on_the_data_it_ran_on(tmp_path, token_cache)
     assert (tmp_path / "results" / "default" / "runs" / rerun["predictions"]["file"]).is_file()
 
 
+@pytest.mark.slow
 def test_ctrl_c_ends_a_run_in_one_line_and_leaves_nothing(tmp_path, token_cache) -> None:
     env = {**os.environ, "LORA_LAB_ASSETS": str(ASSETS), "LORA_LAB_CACHE": str(token_cache)}
     cmd = [
@@ -165,6 +166,7 @@ def test_ctrl_c_ends_a_run_in_one_line_and_leaves_nothing(tmp_path, token_cache)
     assert not [p for p in (tmp_path / "r").rglob("*") if p.is_file()]
 
 
+@pytest.mark.slow
 def test_non_finite_loss_fails_that_run_and_the_sweep_goes_on(tmp_path, token_cache) -> None:
     out = cli(tmp_path, token_cache, "-m", *TINY_RUN, "method=full", "method.lr=1e30,1e-3")
     assert out.returncode == 0, out.stderr[-2000:]
@@ -488,6 +490,7 @@ def test_bad_input_through_the_command_line(tmp_path, token_cache) -> None:
     assert not (tmp_path / "results").exists()
 
 
+@pytest.mark.slow
 def test_the_default_model_without_hub_says_what_works_here(tmp_path, token_cache) -> None:
     env = {"HF_ENDPOINT": "http://127.0.0.1:9"}  # a Hub this machine cannot reach, found out at once
     out = cli(tmp_path, token_cache, "-m", "rank=4,8,16", env=env)

@@ -49,6 +49,7 @@ def test_a_source_with_a_much_larger_variance_is_a_finding_and_alike_ones_are_no
     assert verdicts[("data_order", "dropout")] == "dropout moves accuracy more"  # 1/25
 
 
+@pytest.mark.slow
 def test_when_sources_move_accuracy_alike_a_verdict_comes_at_most_at_the_stated_rate() -> None:
     """2,000 studies of three sources with equal variance, six values each: the share of studies with any
     verdict stays within the family's 5% (plus three standard errors of the simulation)."""
