@@ -1,5 +1,5 @@
-"""Helpers several test modules share: our LoRA and PEFT's on one base, and the command line in a subprocess.
-(Fixtures live in conftest.py.)"""
+"""Helpers several test modules share: our LoRA and PEFT's on one base, and the command line in a subprocess
+or in this process. (Fixtures live in conftest.py.)"""
 
 from __future__ import annotations
 
@@ -11,8 +11,10 @@ from pathlib import Path
 
 import torch
 from conftest import ASSETS, batch
+from hydra.core.global_hydra import GlobalHydra
 from peft import LoraConfig, PeftModel, TaskType, get_peft_model
 
+from lora_lab import assets, run
 from lora_lab.families import family_of
 from lora_lab.lora import apply_lora
 
@@ -129,3 +131,22 @@ def cli(tmp_path: Path, cache: Path, *overrides: str, env: dict | None = None) -
         text=True,
         timeout=600,
     )
+
+
+def in_process(tmp_path: Path, cache: Path, monkeypatch, args: list[str]) -> int:
+    """`python -m lora_lab.run ARGS` in this process (run.cli, the same entry point; a subprocess costs
+    seconds to import): its exit code, its output left to capsys. For what a run does; what the interpreter
+    around it does (imports, signals, library notices at import) needs `cli`."""
+    monkeypatch.setattr(sys, "argv", ["lora_lab.run", *args, f"results_dir={tmp_path / 'results'}"])
+    monkeypatch.setenv("LORA_LAB_ASSETS", str(ASSETS))
+    monkeypatch.setenv("LORA_LAB_CACHE", str(cache))
+    monkeypatch.delenv("HYDRA_FULL_ERROR", raising=False)  # cli() sets it for Hydra; monkeypatch restores
+    monkeypatch.setattr(assets, "unreachable", lambda url: "no network in this test")
+    monkeypatch.chdir(tmp_path)
+    try:
+        run.cli()
+    except SystemExit as exit_:
+        return exit_.code
+    finally:
+        GlobalHydra.instance().clear()
+    return 0

@@ -8,7 +8,7 @@ import json
 import pytest
 import torch
 from conftest import requires_assets, tiny_model
-from helpers import cli
+from helpers import in_process
 
 from lora_lab import methods, probe
 from lora_lab.config import compose
@@ -87,12 +87,12 @@ def test_a_head_that_reads_every_position_is_refused_in_one_line() -> None:
 
 @pytest.mark.slow
 @requires_assets
-def test_seeds_of_real_minilm_share_the_encoded_evaluation_reviews(tmp_path, token_cache) -> None:
+def test_seeds_of_real_minilm_share_the_encoded_evaluation_reviews(tmp_path, monkeypatch) -> None:
     cache = tmp_path / "cache"
     run = ["method=head_only_cached", "model=minilm", "data.train_size=64", "data.eval_size=64"]
     for seed in (0, 1):
-        out = cli(tmp_path, cache, *run, "data.max_length=64", "trainer.progress=false", f"seed={seed}")
-        assert out.returncode == 0, out.stderr[-2000:]
+        args = [*run, "data.max_length=64", "trainer.progress=false", f"seed={seed}"]
+        assert in_process(tmp_path, cache, monkeypatch, args) == 0
     # two training subsets and one evaluation set, encoded once: the second seed read it from the cache
     assert len(list(cache.glob("features-*.pt"))) == 3
     runs = sorted((tmp_path / "results" / "default" / "runs").glob("*.json"))

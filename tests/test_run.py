@@ -15,11 +15,10 @@ import pandas as pd
 import peft.peft_model
 import pytest
 from conftest import ASSETS, TINY_RUN, requires_assets
-from helpers import cli
-from hydra.core.global_hydra import GlobalHydra
+from helpers import cli, in_process
 from safetensors import SafetensorError
 
-from lora_lab import assets, recipe, run
+from lora_lab import recipe
 from lora_lab.lora import adapter_io
 
 pytestmark = requires_assets
@@ -31,9 +30,8 @@ def records(tmp_path: Path, experiment: str = "default") -> list[dict]:
 
 
 @pytest.mark.slow
-def test_rank_sweep_writes_three_records(tmp_path, token_cache) -> None:
-    out = cli(tmp_path, token_cache, "-m", "rank=4,8,16", *TINY_RUN)
-    assert out.returncode == 0, out.stderr[-2000:]
+def test_rank_sweep_writes_three_records(tmp_path, token_cache, monkeypatch) -> None:
+    assert in_process(tmp_path, token_cache, monkeypatch, ["-m", "rank=4,8,16", *TINY_RUN]) == 0
     recs = records(tmp_path)
     assert sorted(r["rank"] for r in recs) == [4, 8, 16]
     for r in recs:
@@ -80,16 +78,16 @@ def test_ours_and_peft_train_the_same_curve_with_dropout_on_real_minilm(tmp_path
 
 
 @pytest.mark.slow
-def test_resume_skips_complete_runs_and_force_reruns(tmp_path, token_cache) -> None:
-    first = cli(tmp_path, token_cache, "experiment=smoke")
-    assert first.returncode == 0, first.stderr[-2000:]
+def test_resume_skips_complete_runs_and_force_reruns(tmp_path, token_cache, monkeypatch, capsys) -> None:
+    assert in_process(tmp_path, token_cache, monkeypatch, ["experiment=smoke"]) == 0
     [record] = records(tmp_path, "smoke")
     assert sorted(p.name for p in tmp_path.iterdir()) == ["results"]  # no outputs/<date>/.hydra clutter
-    again = cli(tmp_path, token_cache, "experiment=smoke")
-    assert again.returncode == 0 and "complete already, skipped" in again.stdout
+    capsys.readouterr()
+    assert in_process(tmp_path, token_cache, monkeypatch, ["experiment=smoke"]) == 0
+    assert "complete already, skipped" in capsys.readouterr().out
     assert records(tmp_path, "smoke") == [record]
-    forced = cli(tmp_path, token_cache, "experiment=smoke", "force=true")
-    assert forced.returncode == 0 and "skipped" not in forced.stdout
+    assert in_process(tmp_path, token_cache, monkeypatch, ["experiment=smoke", "force=true"]) == 0
+    assert "skipped" not in capsys.readouterr().out
     [rerun] = records(tmp_path, "smoke")
     assert rerun["name"] == record["name"] and rerun["finished_at"] >= record["finished_at"]
 
@@ -106,7 +104,7 @@ def reviews(folder: Path, word: str) -> Path:
 
 
 @pytest.mark.slow
-def test_a_finished_run_counts_only_on_the_data_it_ran_on(tmp_path, token_cache) -> None:
+def test_a_finished_run_counts_only_on_the_data_it_ran_on(tmp_path, token_cache, monkeypatch, capsys) -> None:
     folder = tmp_path / "reviews"
     setting = [
         *TINY_RUN,
@@ -114,23 +112,25 @@ def test_a_finished_run_counts_only_on_the_data_it_ran_on(tmp_path, token_cache)
         "data.eval_size=32",
         f"data.source={reviews(folder, 'first')}",
     ]
-    first = cli(tmp_path, token_cache, *setting)
-    assert first.returncode == 0, first.stderr[-2000:]
+    assert in_process(tmp_path, token_cache, monkeypatch, setting) == 0
     [record] = records(tmp_path)
     assert record["data"]["eval"]["examples"] == 32 and len(record["data"]["train"]["sha256"]) == 64
     reviews(folder, "other")  # the same folder, the same settings, other reviews in it
-    changed = cli(tmp_path, token_cache, *setting)
-    assert changed.returncode == 2 and "skipped" not in changed.stdout
-    [line] = changed.stderr.strip().splitlines()
+    capsys.readouterr()
+    assert in_process(tmp_path, token_cache, monkeypatch, setting) == 2
+    changed = capsys.readouterr()
+    assert "skipped" not in changed.out
+    [line] = changed.err.strip().splitlines()
     assert f"{record['name']}.json finished on other data (eval: 32 examples, sha256 " in line
     assert "force=true" in line and records(tmp_path) == [record]
-    forced = cli(tmp_path, token_cache, *setting, "force=true")
-    assert forced.returncode == 0, forced.stderr[-2000:]
+    assert in_process(tmp_path, token_cache, monkeypatch, [*setting, "force=true"]) == 0
     [rerun] = records(tmp_path)
     assert rerun["name"] == record["name"] and rerun["data"] != record["data"]
     (tmp_path / "results" / "default" / "runs" / rerun["predictions"]["file"]).unlink()
-    again = cli(tmp_path, token_cache, *setting)
-    assert again.returncode == 0 and "predictions file" in again.stdout and "running it again" in again.stdout
+    capsys.readouterr()
+    assert in_process(tmp_path, token_cache, monkeypatch, setting) == 0
+    again = capsys.readouterr().out
+    assert "predictions file" in again and "running it again" in again
     assert (tmp_path / "results" / "default" / "runs" / rerun["predictions"]["file"]).is_file()
 
 
@@ -167,9 +167,9 @@ def test_ctrl_c_ends_a_run_in_one_line_and_leaves_nothing(tmp_path, token_cache)
 
 
 @pytest.mark.slow
-def test_non_finite_loss_fails_that_run_and_the_sweep_goes_on(tmp_path, token_cache) -> None:
-    out = cli(tmp_path, token_cache, "-m", *TINY_RUN, "method=full", "method.lr=1e30,1e-3")
-    assert out.returncode == 0, out.stderr[-2000:]
+def test_non_finite_loss_fails_that_run_and_the_sweep_goes_on(tmp_path, token_cache, monkeypatch) -> None:
+    args = ["-m", *TINY_RUN, "method=full", "method.lr=1e30,1e-3"]
+    assert in_process(tmp_path, token_cache, monkeypatch, args) == 0
     by_lr = {r["config"]["method"]["lr"]: r for r in records(tmp_path)}
     assert by_lr[1e30]["status"] == "failed" and "loss became" in by_lr[1e30]["reason"]
     assert "lower method.lr" in by_lr[1e30]["reason"]
@@ -335,23 +335,6 @@ BAD_INPUT = [  # (overrides, what the one line must say)
     (["model=smollm2_135m", "model.gguf_file=nope.gguf"], "model.gguf_file='nope.gguf' is not in "),
     (["-m", "data.max_length=64,1000"], "data.max_length=1000 is not allowed"),  # before job 0 trains
 ]
-
-
-def in_process(tmp_path: Path, token_cache: Path, monkeypatch, args: list[str]) -> int:
-    """`python -m lora_lab.run ARGS` in this process (a subprocess costs seconds to import): its exit code."""
-    monkeypatch.setattr(sys, "argv", ["lora_lab.run", *args, f"results_dir={tmp_path / 'results'}"])
-    monkeypatch.setenv("LORA_LAB_ASSETS", str(ASSETS))
-    monkeypatch.setenv("LORA_LAB_CACHE", str(token_cache))
-    monkeypatch.delenv("HYDRA_FULL_ERROR", raising=False)  # cli() sets it for Hydra; monkeypatch restores
-    monkeypatch.setattr(assets, "unreachable", lambda url: "no network in this test")
-    monkeypatch.chdir(tmp_path)
-    try:
-        run.cli()
-    except SystemExit as exit_:
-        return exit_.code
-    finally:
-        GlobalHydra.instance().clear()
-    return 0
 
 
 @pytest.mark.parametrize(("overrides", "message"), BAD_INPUT)
