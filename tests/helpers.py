@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import copy
 import os
+import runpy
 import subprocess
 import sys
 from pathlib import Path
@@ -14,7 +15,7 @@ from conftest import ASSETS, batch
 from hydra.core.global_hydra import GlobalHydra
 from peft import LoraConfig, PeftModel, TaskType, get_peft_model
 
-from lora_lab import assets, run
+from lora_lab import assets
 from lora_lab.families import family_of
 from lora_lab.lora import apply_lora
 
@@ -133,20 +134,26 @@ def cli(tmp_path: Path, cache: Path, *overrides: str, env: dict | None = None) -
     )
 
 
-def in_process(tmp_path: Path, cache: Path, monkeypatch, args: list[str]) -> int:
-    """`python -m lora_lab.run ARGS` in this process (run.cli, the same entry point; a subprocess costs
-    seconds to import): its exit code, its output left to capsys. For what a run does; what the interpreter
-    around it does (imports, signals, library notices at import) needs `cli`."""
-    monkeypatch.setattr(sys, "argv", ["lora_lab.run", *args, f"results_dir={tmp_path / 'results'}"])
-    monkeypatch.setenv("LORA_LAB_ASSETS", str(ASSETS))
-    monkeypatch.setenv("LORA_LAB_CACHE", str(cache))
-    monkeypatch.delenv("HYDRA_FULL_ERROR", raising=False)  # cli() sets it for Hydra; monkeypatch restores
-    monkeypatch.setattr(assets, "unreachable", lambda url: "no network in this test")
-    monkeypatch.chdir(tmp_path)
+def run_module(module: str, args: list[str], monkeypatch) -> int:
+    """`python -m MODULE ARGS` in this process (the same entry point; a subprocess costs seconds to import):
+    its exit code, its output left to capsys. For what a command does; what the interpreter around it does
+    (imports, signals, library notices at import, environment read at import) needs a subprocess."""
+    monkeypatch.setattr(sys, "argv", [module, *args])
+    monkeypatch.delenv("HYDRA_FULL_ERROR", raising=False)  # run.cli sets it for Hydra; monkeypatch restores
     try:
-        run.cli()
+        runpy.run_module(module, run_name="__main__", alter_sys=True)
     except SystemExit as exit_:
-        return exit_.code
+        return exit_.code if isinstance(exit_.code, int) else int(exit_.code is not None)
     finally:
         GlobalHydra.instance().clear()
     return 0
+
+
+def in_process(tmp_path: Path, cache: Path, monkeypatch, args: list[str]) -> int:
+    """`python -m lora_lab.run ARGS results_dir=tmp_path/results` in this process, from `tmp_path`, with
+    `cache` for tokens and no network: its exit code."""
+    monkeypatch.setenv("LORA_LAB_ASSETS", str(ASSETS))
+    monkeypatch.setenv("LORA_LAB_CACHE", str(cache))
+    monkeypatch.setattr(assets, "unreachable", lambda url: "no network in this test")
+    monkeypatch.chdir(tmp_path)
+    return run_module("lora_lab.run", [*args, f"results_dir={tmp_path / 'results'}"], monkeypatch)

@@ -5,10 +5,7 @@ notebook executed, errors on empty or mixed folders."""
 from __future__ import annotations
 
 import json
-import os
 import re
-import subprocess
-import sys
 import zlib
 from pathlib import Path
 
@@ -18,6 +15,7 @@ import numpy as np
 import pandas as pd
 import pytest
 from conftest import ASSETS, REPO, requires_assets
+from helpers import in_process, run_module
 from matplotlib.text import Text
 from nbclient import NotebookClient
 
@@ -309,34 +307,18 @@ def real_results(tmp_path_factory) -> Path:
     """A small results folder made by the real runner: two rows, LoRA with both impls, two seeds."""
     if not ASSETS.is_dir():
         pytest.skip(f"shared assets not found at {ASSETS}")
-    tmp = tmp_path_factory.mktemp("analysis")
-    cmd = [
-        sys.executable,
-        "-m",
-        "lora_lab.run",
-        "-m",
-        "model=tiny_bert",
-        "method=head_only,qv_r8",
-        "impl=ours,peft",
-        "seed=0,1",
-        "data.train_size=32",
-        "data.eval_size=48",
-        "data.max_length=32",
-        "trainer.epochs=1",
-        "trainer.progress=false",
-        f"results_dir={tmp}",
-        "experiment_name=imdb_rank_target/tiny",
-    ]
-    env = {**os.environ, "LORA_LAB_ASSETS": str(ASSETS), "LORA_LAB_CACHE": str(tmp / "cache")}
-    out = subprocess.run(cmd, cwd=tmp, env=env, capture_output=True, text=True, timeout=600)
-    assert out.returncode == 0, out.stderr[-2000:]
-    claims = tmp / "claims.yaml"
-    claims.write_text(
+    root = tmp_path_factory.mktemp("analysis")
+    sweep = ["-m", "model=tiny_bert", "method=head_only,qv_r8", "impl=ours,peft", "seed=0,1"]
+    sizes = ["data.train_size=32", "data.eval_size=48", "data.max_length=32", "trainer.epochs=1"]
+    args = [*sweep, *sizes, "trainer.progress=false", "experiment_name=imdb_rank_target/tiny"]
+    with pytest.MonkeyPatch.context() as monkeypatch:
+        assert in_process(root, root / "cache", monkeypatch, args) == 0
+    (root / "results" / "claims.yaml").write_text(
         "claims:\n"
         "  - better: {a: 'Q+V (r=8)', b: 'Classification Head Only'}\n"
         "  - impls_equivalent: {margin_pp: 1.0}\n"
     )
-    return tmp / "imdb_rank_target" / "tiny"
+    return root / "results" / "imdb_rank_target" / "tiny"
 
 
 OUTPUTS = (
@@ -353,21 +335,15 @@ OUTPUTS = (
 
 @pytest.mark.slow
 @requires_assets
-def test_cli_writes_and_regenerates_identical_files(real_results) -> None:
-    cli = [
-        sys.executable,
-        "-m",
-        "lora_lab.analysis",
-        str(real_results),
-        "--claims",
-        str(real_results.parents[1] / "claims.yaml"),
-    ]
-    first = subprocess.run(cli, capture_output=True, text=True, timeout=300)
-    assert first.returncode == 0, first.stderr
-    assert "| Q+V (r=8) | peft |" in first.stdout and "| Classification Head Only | — |" in first.stdout
-    assert "Q+V (r=8): ours = PEFT within 1 pp" in first.stdout
+def test_cli_writes_and_regenerates_identical_files(real_results, monkeypatch, capsys) -> None:
+    """`python -m lora_lab.analysis FOLDER --claims FILE` run twice in this process (the same entry point)."""
+    args = [str(real_results), "--claims", str(real_results.parents[1] / "claims.yaml")]
+    assert run_module("lora_lab.analysis", args, monkeypatch) == 0
+    first = capsys.readouterr().out
+    assert "| Q+V (r=8) | peft |" in first and "| Classification Head Only | — |" in first
+    assert "Q+V (r=8): ours = PEFT within 1 pp" in first
     before = {name: (real_results / name).read_bytes() for name in OUTPUTS}
-    assert subprocess.run(cli, capture_output=True, timeout=300).returncode == 0
+    assert run_module("lora_lab.analysis", args, monkeypatch) == 0
     assert {name: (real_results / name).read_bytes() for name in OUTPUTS} == before
 
 

@@ -4,13 +4,12 @@ from __future__ import annotations
 
 import argparse
 import json
-import runpy
 import subprocess
-import sys
 
 import pytest
 import torch
 from conftest import ASSETS, requires_assets
+from helpers import run_module
 
 from lora_lab import config, cost
 from lora_lab.bench import cli, e2e, timing, variants
@@ -158,10 +157,7 @@ def test_memory_bench_measures_qlora_beside_the_float_floor_in_fresh_processes(t
 )
 def test_unknown_names_are_one_line_and_exit_2(module, arguments, message, monkeypatch, capsys) -> None:
     """`python -m module ...` run in this process (the same entry point, without a second interpreter)."""
-    monkeypatch.setattr(sys, "argv", [module, *arguments])
-    with pytest.raises(SystemExit) as exit:
-        runpy.run_module(module, run_name="__main__", alter_sys=True)
-    assert exit.value.code == 2
+    assert run_module(module, arguments, monkeypatch) == 2
     [line] = capsys.readouterr().err.strip().splitlines()
     assert line.startswith("error: ") and message in line
 

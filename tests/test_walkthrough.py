@@ -12,6 +12,7 @@ import sys
 
 import pytest
 from conftest import ASSETS, REPO, requires_assets
+from helpers import run_module
 
 pytestmark = requires_assets
 
@@ -48,29 +49,27 @@ def shrunk(words: list[str], comment: str) -> list[str]:
 
 
 @pytest.mark.slow
-def test_readme_commands_run_in_order(tmp_path) -> None:
+def test_readme_commands_run_in_order(tmp_path, monkeypatch) -> None:
+    """Each `python -m MODULE ...` line in this process (the same entry point, without an interpreter's start
+    each); the line that needs the Hub in a subprocess, since huggingface_hub reads HF_ENDPOINT at import."""
     commands = readme_commands()
     assert len(commands) >= 8, "the README's block of commands went missing"
-    env = {
-        **os.environ,
-        "LORA_LAB_ASSETS": str(ASSETS),  # the block's `export` line, as an absolute path
-        "LORA_LAB_CACHE": str(tmp_path / "cache"),
-        "HF_ENDPOINT": "http://127.0.0.1:9",  # no Hub here, and found out at once
-    }
-    for key in ("HYDRA_FULL_ERROR", "HF_HUB_OFFLINE"):
-        env.pop(key, None)
+    monkeypatch.setenv("LORA_LAB_ASSETS", str(ASSETS))  # the block's `export` line, as an absolute path
+    monkeypatch.setenv("LORA_LAB_CACHE", str(tmp_path / "cache"))
+    monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
+    monkeypatch.chdir(tmp_path)
     analysed = []
     for words, comment in commands:
-        argv = [sys.executable, *words[1:]]
-        is_run = words[:3] == ["python", "-m", "lora_lab.run"]
-        if is_run:
-            argv = [sys.executable, *shrunk(words, comment)[1:]]
-        out = subprocess.run(argv, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=900)
+        if words[:3] == ["python", "-m", "lora_lab.run"]:
+            words = shrunk(words, comment)
         if "Hub" in comment:
+            env = {**os.environ, "HF_ENDPOINT": "http://127.0.0.1:9"}  # no Hub here, and found out at once
+            out = subprocess.run([sys.executable, *words[1:]], env=env, capture_output=True, text=True)
             assert out.returncode == 2, out.stderr[-2000:]
             assert "the Hugging Face Hub is unreachable" in out.stderr and "model=minilm" in out.stderr
             continue
-        assert out.returncode == 0, f"{argv}\n{out.stderr[-3000:]}"
+        assert words[1] == "-m", words
+        assert run_module(words[2], words[3:], monkeypatch) == 0, words
         if words[2] == "lora_lab.analysis":
             folder = tmp_path / words[3]
             assert (folder / "table.md").is_file() and (folder / "acc_vs_params.png").is_file()
