@@ -3,13 +3,11 @@ the seeds each look needs, looks, stops at the plan's maximum, and a rerun finds
 
 from __future__ import annotations
 
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 from conftest import ASSETS, requires_assets
+from helpers import run_module
 
 from lora_lab import study
 
@@ -46,31 +44,24 @@ def test_a_budget_reads_hours_or_minutes_and_refuses_anything_else() -> None:
 
 @requires_assets
 @pytest.mark.slow
-def test_the_study_runs_each_look_stops_at_the_plans_maximum_and_resumes(tmp_path) -> None:
+def test_the_study_runs_each_look_stops_at_the_plans_maximum_and_resumes(tmp_path, monkeypatch, capsys):
+    """The study's command in this process (it starts each round's sweep as a subprocess, as for a user)."""
     plan = tiny_plan(tmp_path)
-    env = {**os.environ, "LORA_LAB_ASSETS": str(ASSETS), "LORA_LAB_CACHE": str(tmp_path / "cache")}
-    command = [
-        sys.executable,
-        "-m",
-        "lora_lab.study",
-        "imdb_cpu",
-        *TINY,
-        f"results_dir={tmp_path / 'results'}",
-    ]
+    monkeypatch.setenv("LORA_LAB_ASSETS", str(ASSETS))
+    monkeypatch.setenv("LORA_LAB_CACHE", str(tmp_path / "cache"))
+    command = ["imdb_cpu", *TINY, f"results_dir={tmp_path / 'results'}"]
     command += ["--budget", "1h", "--jobs", "1", "--plan", str(plan)]
-    dry = subprocess.run([*command, "--dry-run"], capture_output=True, text=True, env=env, timeout=300)
-    assert dry.returncode == 0, dry.stderr
-    assert (
-        "Q+V (r=8) (ours) seeds [0, 1]" in dry.stdout
-        and "Classification Head Only seeds [0, 1]" in dry.stdout
-    )
-    assert "cost unknown" in dry.stdout  # nothing has run yet
-    out = subprocess.run(command, capture_output=True, text=True, env=env, timeout=600)
-    assert out.returncode == 0, out.stderr[-2000:]
+    assert run_module("lora_lab.study", [*command, "--dry-run"], monkeypatch) == 0
+    dry = capsys.readouterr().out
+    assert "Q+V (r=8) (ours) seeds [0, 1]" in dry and "Classification Head Only seeds [0, 1]" in dry
+    assert "cost unknown" in dry  # nothing has run yet
+    assert run_module("lora_lab.study", command, monkeypatch) == 0
+    out = capsys.readouterr().out
     records = sorted(
         p.name.split("-")[0] + p.name.split("-")[2] for p in (tmp_path / "results").rglob("runs/*.json")
     )
     assert records == sorted(f"{row}seed{s}" for row in ("head_only", "qv_r8") for s in range(3))
-    assert "no claim is open" in out.stdout and "claims decided" in out.stdout
-    again = subprocess.run(command, capture_output=True, text=True, env=env, timeout=300)
-    assert again.returncode == 0 and "no claim is open" in again.stdout and "lora_lab.run" not in again.stdout
+    assert "no claim is open" in out and "claims decided" in out
+    assert run_module("lora_lab.study", command, monkeypatch) == 0
+    again = capsys.readouterr().out
+    assert "no claim is open" in again and "lora_lab.run" not in again
