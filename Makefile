@@ -11,16 +11,18 @@ export LORA_LAB_ASSETS ?= $(abspath ../shared)
 	$(PY) -m pip install -q --no-deps -e .
 	touch $@
 
+# Both cores (-n 2); worksteal: a worker that runs dry takes tests queued on the other, so that the long tests
+# dealt out first do not leave one core idle at the end.
 test: .venv/installed
 	$(PY) -m ruff check lora_lab tests experiments notebooks
 	$(PY) -m ruff format --check lora_lab tests experiments notebooks
 	$(PY) -m mypy lora_lab
 	$(PY) -m mkdocs build --strict --site-dir $$(mktemp -d)
-	$(PY) -m pytest -q -n 2 --durations=15 tests
+	$(PY) -m pytest -q -n 2 --dist worksteal --durations=15 tests
 
-# The inner loop: everything but the tests marked slow (end to end through subprocesses), on both cores.
+# The inner loop: everything but the tests marked slow (several seconds or more each), on both cores.
 test-fast: .venv/installed
-	$(PY) -m pytest -q -n 2 -m "not slow" tests
+	$(PY) -m pytest -q -n 2 --dist worksteal -m "not slow" tests
 
 # On a machine with CUDA, with a python whose torch has CUDA and this package's dependencies (e.g. PY=python3):
 # what the CPU tests check by patching torch's CUDA queries, on the device itself.

@@ -495,6 +495,7 @@ def test_an_impl_a_method_does_not_have_is_said_and_recorded(
     assert "impl=peft does not apply to method=bottleneck; it runs ours" in capsys.readouterr().out
 
 
+@pytest.mark.slow
 def test_a_setting_the_method_does_not_read_is_said_and_recorded(tmp_path, token_cache, monkeypatch, capsys):
     """A sweep over rank meets a full row: its rank is ignored, in one line and in the record."""
     args = ["-m", *TINY_RUN, "method=full,qv_r8", "rank=4"]
@@ -516,6 +517,7 @@ def tiny_fit(tmp_path, token_cache, monkeypatch, *overrides: str) -> dict:
     return recipe.run(config.compose([*base, *overrides, f"data.cache_dir={token_cache}", "force=true"]))
 
 
+@pytest.mark.slow
 @requires_assets
 def test_each_seed_setting_changes_only_what_it_governs_and_null_is_the_master_seed(
     tmp_path, token_cache, monkeypatch

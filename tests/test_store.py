@@ -107,6 +107,7 @@ def test_each_studys_committed_records_keep_the_names_its_sweep_composes() -> No
     assert checked >= 5  # imdb_rank_target, imdb_methods (and its lr pilot), imdb_llm_cpu, imdb_seed_sources
 
 
+@pytest.mark.slow
 def test_composing_once_per_configuration_names_runs_as_composing_each_seed_does() -> None:
     """The shortcut the identity test takes, held to the real thing on a sweep over seeds and methods."""
     arguments = ["method=head_only,qv_r8", "seed=0,3", "lora_lr=1e-3,3e-3"]

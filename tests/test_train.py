@@ -62,6 +62,7 @@ print(high, peak_memory_mb(torch.device("cpu")))
 """
 
 
+@pytest.mark.slow
 @pytest.mark.skipif(not Path("/proc/self/clear_refs").exists(), reason="peak reset needs Linux /proc")
 def test_peak_memory_is_per_run_after_a_reset() -> None:
     """In a fresh process: in the test session's own, memory freed by earlier tests (a 135M-parameter

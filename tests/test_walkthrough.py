@@ -24,7 +24,8 @@ TINY = [
     "trainer.epochs=1",
     "trainer.progress=false",
 ]
-# A study's three seeds and two impls are the same wiring again; the `seeds` line runs both impls.
+# A study's three seeds and two impls are the same wiring again; the `seeds` line runs both impls (every sweep
+# line runs its first seed only, see `shrunk`).
 ONE_SEED_ONE_IMPL = ["hydra.sweeper.params.seed=0", "hydra.sweeper.params.impl=ours"]
 
 
@@ -42,8 +43,9 @@ def readme_commands() -> list[tuple[list[str], str]]:
 
 
 def shrunk(words: list[str], comment: str) -> list[str]:
-    """A run command with the sizes replaced by tiny ones (the rest exactly as documented)."""
-    kept = [w for w in words if not w.startswith(SIZES)]
+    """A run command with the sizes replaced by tiny ones and a list of seeds by its first (the rest as
+    documented)."""
+    kept = [w.split(",")[0] if w.startswith("seed=") else w for w in words if not w.startswith(SIZES)]
     study = "-m" in words[3:] and any(w.startswith("experiment=") for w in words) and "Hub" not in comment
     return kept + TINY + (ONE_SEED_ONE_IMPL if study else [])
 
