@@ -158,11 +158,64 @@ def fit(
     )
     optimizer = optimizer_for(model, lr, cfg.weight_decay, device, lr_ratios)
     schedule = linear_schedule(optimizer, round(cfg.warmup_ratio * total), total)
-    scaler = grad_scaler(device, precision)
     reset_peak_memory(device)
-
     torch.manual_seed(seed)  # dropout draws start from the same state for every method and impl
     order = seed if order_seed is None else order_seed  # the batches' order: its own seed, or the dropout's
+    trained = train_loop(model, train, cfg, optimizer, schedule, total, order, pad_id, pad_left)
+    wall = trained.wall_s
+    peak = peak_memory_mb(device)  # training's peak, before scoring adds its own batches
+    start = time.perf_counter()
+    with scoring or nullcontext():
+        metrics = evaluate(
+            model, evaluation, cfg.eval_batch_size, pad_id, device, precision, pad_left, cfg.progress
+        )
+    predictions = metrics.pop("predictions")
+    return Fit(
+        **metrics,
+        eval_wall_s=time.perf_counter() - start,
+        precision=precision,
+        train_loss_curve=trained.losses,
+        steps=trained.steps,
+        train_wall_s=wall,
+        train_examples_per_s=trained.examples / wall if wall > 0 else None,
+        train_tokens_per_s=trained.tokens / wall if trained.tokens and wall > 0 else None,
+        train_padded_tokens_per_s=trained.padded / wall if trained.padded and wall > 0 else None,
+        peak_memory_mb=peak,
+        peak_memory_of="CUDA tensors (max allocated)" if device.type == "cuda" else "process (peak RSS)",
+        peak_memory_reserved_mb=peak_reserved_mb(device),
+        gpu=gpu_of(device),
+        predictions=predictions,
+    )
+
+
+@dataclasses.dataclass(frozen=True)
+class Trained:
+    """What the loop saw: the logged loss means, the steps taken, and the examples, real tokens and padded
+    tokens it trained on, in `wall_s` seconds."""
+
+    losses: list[float]
+    steps: int
+    examples: int
+    tokens: int
+    padded: int
+    wall_s: float
+
+
+def train_loop(
+    model: nn.Module,
+    train: Encoded,
+    cfg: DictConfig,
+    optimizer: torch.optim.Optimizer,
+    schedule: torch.optim.lr_scheduler.LRScheduler,
+    total: int,
+    order: int,
+    pad_id: int,
+    pad_left: bool,
+) -> Trained:
+    """`total` optimizer steps over `train` in shuffled batches (epoch e in the order of seed `order` + e),
+    the loss averaged over each `log_every` steps; raises NonFiniteLoss when such a mean is not finite."""
+    device, precision = torch.device(cfg.device), cfg.precision
+    scaler = grad_scaler(device, precision)
     losses, window_sum, window, step, seen, tokens, padded = [], 0.0, 0, 0, 0, 0, 0
     bar = tqdm(total=total, desc="train", unit="step", disable=not cfg.progress, file=sys.stderr)
     start = time.perf_counter()
@@ -193,29 +246,7 @@ def fit(
             bar.update()
     wall = time.perf_counter() - start
     bar.close()
-    peak = peak_memory_mb(device)  # training's peak, before scoring adds its own batches
-    start = time.perf_counter()
-    with scoring or nullcontext():
-        metrics = evaluate(
-            model, evaluation, cfg.eval_batch_size, pad_id, device, precision, pad_left, cfg.progress
-        )
-    predictions = metrics.pop("predictions")
-    return Fit(
-        **metrics,
-        eval_wall_s=time.perf_counter() - start,
-        precision=precision,
-        train_loss_curve=losses,
-        steps=step,
-        train_wall_s=wall,
-        train_examples_per_s=seen / wall if wall > 0 else None,
-        train_tokens_per_s=tokens / wall if tokens and wall > 0 else None,
-        train_padded_tokens_per_s=padded / wall if padded and wall > 0 else None,
-        peak_memory_mb=peak,
-        peak_memory_of="CUDA tensors (max allocated)" if device.type == "cuda" else "process (peak RSS)",
-        peak_memory_reserved_mb=peak_reserved_mb(device),
-        gpu=gpu_of(device),
-        predictions=predictions,
-    )
+    return Trained(losses, step, seen, tokens, padded, wall)
 
 
 def in_order(
