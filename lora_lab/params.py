@@ -2,7 +2,7 @@
 
     python -m lora_lab.params model=distilbert
 
-builds each row's model from its config alone (random init, no download) and counts.
+builds each row's model from its config alone (on the meta device: shapes only, no download) and counts.
 """
 
 from __future__ import annotations
@@ -50,7 +50,9 @@ def frozen_bytes(model: nn.Module) -> int:
 def row_counts(overrides: Sequence[str] = (), experiment: str = "imdb_ablation") -> list[dict]:
     """One dict per row of `experiment` (the reference's seven by default): label and (trainable,
     total_base) for ours and for PEFT."""
-    from lora_lab.build import build_model  # torch and transformers: after the settings are checked
+    import torch  # and transformers, in build: after the settings are checked
+
+    from lora_lab.build import build_model
 
     rows = []
     for row in config.sweep_rows(experiment):
@@ -59,7 +61,8 @@ def row_counts(overrides: Sequence[str] = (), experiment: str = "imdb_ablation")
         counts = {}
         for impl in methods.IMPLS:
             cfg.impl = impl
-            counts[impl] = count(build_model(cfg))
+            with torch.device("meta"):  # counting needs shapes, not values: no memory, no initialisation
+                counts[impl] = count(build_model(cfg))
         rows.append({"label": methods.row_label(cfg), **counts})
     return rows
 
