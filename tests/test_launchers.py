@@ -15,6 +15,7 @@ from pathlib import Path
 
 import pytest
 from conftest import ASSETS, requires_assets
+from helpers import in_process
 
 pytestmark = [requires_assets, pytest.mark.slow]
 SWEEP = ["-m", "experiment=smoke", "trainer.num_threads=1", "trainer.progress=false"]
@@ -50,9 +51,11 @@ def records(folder: Path) -> dict[str, dict]:
 
 @pytest.fixture(scope="module")
 def basic(tmp_path_factory) -> dict[str, dict]:
+    """The records of the basic launcher, which runs the sweep's jobs in the `python -m lora_lab.run` process
+    itself (here: in this one)."""
     folder = tmp_path_factory.mktemp("basic")
-    out = sweep(folder, *SWEEP)
-    assert out.returncode == 0, out.stdout[-2000:] + out.stderr[-2000:]
+    with pytest.MonkeyPatch.context() as monkeypatch:
+        assert in_process(folder, folder / "cache", monkeypatch, SWEEP) == 0
     return records(folder)
 
 
