@@ -47,15 +47,15 @@ def frozen_bytes(model: nn.Module) -> int:
     return sum(seen.values())
 
 
-def row_counts(overrides: Sequence[str] = (), experiment: str = "imdb_ablation") -> list[dict]:
-    """One dict per row of `experiment` (the reference's seven by default): label and (trainable,
-    total_base) for ours and for PEFT."""
+def row_counts(overrides: Sequence[str] = ()) -> list[dict]:
+    """One dict per row of the reference table (imdb_ablation's seven): label and (trainable, total_base) for
+    ours and for PEFT."""
     import torch  # and transformers, in build: after the settings are checked
 
     from lora_lab.build import build_model
 
     rows = []
-    for row in config.sweep_rows(experiment):
+    for row in config.sweep_rows("imdb_ablation"):
         cfg = config.compose([*overrides, f"method={row}", "model.pretrained=false"])
         cfg.trainer.cheap_dropout, cfg.trainer.precision = False, "fp32"  # neither changes what trains
         counts = {}

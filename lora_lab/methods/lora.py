@@ -55,8 +55,8 @@ class LoRA(Method):
         require(ok, "lora_plus_ratio", ratio, "B's learning rate over A's (> 0; LoRA+ uses 16), or null")
         settings = self.settings_of(cfg)
         settings.check()  # rank, alpha, dropout, init, flags: before any model loads
-        if cfg.impl == "peft" and settings.without_peft():
-            raise ValueError(f"{', '.join(settings.without_peft())} has no PEFT counterpart; use impl=ours")
+        if cfg.impl == "peft" and (missing := settings.without_peft()):
+            raise ValueError(f"{', '.join(missing)} has no PEFT counterpart; use impl=ours")
         targets = cfg.method.targets
         if not isinstance(targets, str) and len(targets) == 0:
             model_type = cfg.model.get("model_type")
