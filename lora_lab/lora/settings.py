@@ -162,7 +162,7 @@ class LoRASettings:
                 f"rank={self.rank} exceeds min(d_in, d_out)={min(d_in, d_out)} of a {d_in}x{d_out} layer; "
                 f"use rank <= {min(d_in, d_out)}"
             )
-        self.layer()
+        self.layer()  # refuses two variants that each need their own layer class
 
     def without_peft(self) -> list[str]:
         """The options set away from their default that PEFT has no field for (impl=peft cannot run them)."""
