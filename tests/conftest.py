@@ -30,6 +30,8 @@ REPO = Path(__file__).resolve().parent.parent
 ASSETS = Path(os.environ.get("LORA_LAB_ASSETS", REPO.parent / "shared"))
 MINILM = ASSETS / "models" / "all-MiniLM-L6-v2"
 IMDB = ASSETS / "data" / "imdb"
+if ASSETS.is_dir():  # as `make test` exports it, so that a bare `pytest` loads the same local files
+    os.environ.setdefault("LORA_LAB_ASSETS", str(ASSETS))
 
 if os.environ.get("CI") and not ASSETS.is_dir():
     raise RuntimeError(f"CI must run with the shared assets at {ASSETS}; tests that need them would skip")

@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import copy
+
 import pytest
-from omegaconf import DictConfig
+from hydra.core.override_parser.overrides_parser import OverridesParser
+from omegaconf import DictConfig, OmegaConf
 
 from lora_lab import config, identity, schema
 
@@ -74,19 +77,23 @@ EXTRA_SWEEPS = {  # experiments/imdb_seed_sources/sweep.sh: one source at a time
 }
 
 
+GROUPS = {p.name for p in config.CONF_DIR.iterdir() if p.is_dir()}  # method, model, experiment, ...
+
+
 def sweep_names(experiment: str, extra: list[str]) -> set[str]:
-    """The run names a sweep composes. Jobs that differ only in `seed` share one compose (a plain root key
-    that composing never branches on), so the test composes each configuration once, not once per seed."""
+    """The run names a sweep composes. Jobs that differ only in plain values (`seed`, `lora_lr`, `method.lr`:
+    no config group) share one compose, and take those values after it as the command line would give them
+    (last, parsed by Hydra's own parser). So the test composes each choice of config groups once."""
+    parser = OverridesParser.create()
     names = set()
     composed: dict[tuple[str, ...], DictConfig] = {}
     for job in config.sweep_jobs([f"experiment={experiment}", *extra]):
-        seed = next((o.split("=", 1)[1] for o in job if o.startswith("seed=")), None)
-        rest = tuple(o for o in job if not o.startswith("seed="))
-        if rest not in composed:
-            composed[rest] = config.compose(list(rest))
-        cfg = composed[rest]
-        if seed is not None:
-            cfg.seed = int(seed)
+        groups = tuple(o for o in job if o.split("=", 1)[0] in GROUPS)
+        if groups not in composed:
+            composed[groups] = config.compose(list(groups))
+        cfg = copy.deepcopy(composed[groups])
+        for override in parser.parse_overrides([o for o in job if o not in groups]):
+            OmegaConf.update(cfg, override.key_or_group, override.value())
         names.add(identity.run_name(cfg))
     return names
 
@@ -95,24 +102,27 @@ def sweep_names(experiment: str, extra: list[str]) -> set[str]:
 def test_each_studys_committed_records_keep_the_names_its_sweep_composes() -> None:
     """A change to the configs or the identity that would make a study rerun its finished runs fails here."""
     composed: dict[str, set[str]] = {}  # a results folder: the names its experiments' sweeps compose
+    committed: dict[str, set[str]] = {}  # a results folder: the names of its committed records
     for path in sorted((config.CONF_DIR / "experiment").glob("*.yaml")):
         folder = config.compose([f"experiment={path.stem}"]).experiment_name
+        runs = config.CONF_DIR.parent / "results" / folder / "runs"
+        committed[folder] = {p.stem for p in runs.glob("*.json")}
+        if not committed[folder]:
+            continue  # nothing committed that a rename could orphan: skip its sweep's composes
         for extra in EXTRA_SWEEPS.get(path.stem, [[]]):
             composed.setdefault(folder, set()).update(sweep_names(path.stem, extra))
-    checked = 0
     for folder, names in composed.items():
-        committed = {p.stem for p in (config.CONF_DIR.parent / "results" / folder / "runs").glob("*.json")}
-        assert committed <= names, (folder, sorted(committed - names))
-        checked += bool(committed)
-    assert checked >= 5  # imdb_rank_target, imdb_methods (and its lr pilot), imdb_llm_cpu, imdb_seed_sources
+        assert committed[folder] <= names, (folder, sorted(committed[folder] - names))
+    assert len(composed) >= 5  # imdb_rank_target (and its lr pilot), imdb_methods (and its lr pilot), ...
 
 
 @pytest.mark.slow
-def test_composing_once_per_configuration_names_runs_as_composing_each_seed_does() -> None:
-    """The shortcut the identity test takes, held to the real thing on a sweep over seeds and methods."""
-    arguments = ["method=head_only,qv_r8", "seed=0,3", "lora_lr=1e-3,3e-3"]
+def test_composing_once_per_choice_of_groups_names_runs_as_composing_each_job_does() -> None:
+    """The identity test's shortcut, held to the real thing on a sweep over groups and plain values."""
+    arguments = ["method=head_only,qv_r8", "seed=0,3", "lora_lr=1e-3,3e-3", "rank=4,16"]
+    arguments.append("method.lr=null,1e-2")
     names = {name(*job) for job in config.sweep_jobs(["experiment=smoke", *arguments])}
-    assert len(names) == 8 - 2  # head-only reads no lora_lr
+    assert len(names) == 4 + 16  # head-only reads no lora_lr or rank; alpha follows rank
     assert sweep_names("smoke", arguments) == names
 
 
