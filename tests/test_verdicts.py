@@ -241,7 +241,6 @@ def test_equivalence_holds_exactly_when_both_one_sided_tests_pass_at_the_familys
 
 
 @pytest.mark.slow
-@pytest.mark.slow
 @pytest.mark.parametrize(
     ("claim", "boundary_pp"),
     [(BETTER, 0.0), ({"at_least": {"a": A, "b": B, "by_pp": 1.0}}, 1.0), (EQUIVALENT, 2.0)],
