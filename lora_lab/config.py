@@ -73,6 +73,8 @@ def setting_names() -> list[str]:
     return [name.rstrip(".") for name in walk(tree, "")]
 
 
+PRECISIONS = ("auto", "bf16", "fp16", "fp32")  # trainer.precision (hardware.pick_precision resolves auto)
+
 # Keys a module reads that a config file may leave out, so `+key=...` may add them; any other `+` addition
 # is a key nothing reads (often a misspelt one, as Hydra's own hint suggests): it would change nothing but
 # the run's name.

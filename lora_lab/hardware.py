@@ -12,10 +12,9 @@ from pathlib import Path
 
 import torch
 
-from lora_lab.config import require
+from lora_lab.config import PRECISIONS, require
 from lora_lab.schema import Gpu
 
-PRECISIONS = ("auto", "bf16", "fp16", "fp32")
 DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}  # what autocast computes in
 CHEAP_DROPOUT = ("auto", True, False)
 

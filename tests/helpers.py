@@ -115,6 +115,11 @@ def train_losses(model: torch.nn.Module, steps: int = 20, vocab: int = 100) -> l
     return losses
 
 
+def imported(stderr: str) -> set[str]:
+    """The modules a process imported, from its stderr under PYTHONPROFILEIMPORTTIME=1 (`-X importtime`)."""
+    return {line.rsplit("|", 1)[-1].strip() for line in stderr.splitlines() if "|" in line}
+
+
 def cli(tmp_path: Path, cache: Path, *overrides: str, env: dict | None = None) -> subprocess.CompletedProcess:
     env = {
         **os.environ,

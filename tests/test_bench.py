@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import subprocess
+import sys
 
 import pytest
 import torch
 from conftest import ASSETS, requires_assets
-from helpers import run_module
+from helpers import imported, run_module
 
 from lora_lab import config, cost
 from lora_lab.bench import cli, e2e, timing, variants
@@ -160,6 +162,17 @@ def test_unknown_names_are_one_line_and_exit_2(module, arguments, message, monke
     assert run_module(module, arguments, monkeypatch) == 2
     [line] = capsys.readouterr().err.strip().splitlines()
     assert line.startswith("error: ") and message in line
+
+
+def test_an_unknown_method_is_refused_before_torch_is_imported(tmp_path) -> None:
+    """As the runner: arguments are checked before the measurements' imports, so a bad one fails at once."""
+    command = [sys.executable, "-m", "lora_lab.bench", "--model", "tiny_bert", "--methods", "qv_r8", "nope"]
+    env = {**os.environ, "PYTHONPROFILEIMPORTTIME": "1"}
+    out = subprocess.run(command, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=120)
+    assert out.returncode == 2 and "omegaconf" in imported(out.stderr)
+    assert not imported(out.stderr) & {"torch", "transformers", "peft"}
+    assert out.stderr.strip().splitlines()[-1].startswith("error: In 'config': Could not find 'method/nope'")
+    assert not list(tmp_path.rglob("*.json"))
 
 
 def test_the_end_to_end_bench_runs_the_baselines_seven_runs() -> None:

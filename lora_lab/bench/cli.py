@@ -1,60 +1,13 @@
-"""`python -m lora_lab.bench`: its arguments, what to measure, the report and the JSON (with provenance)."""
+"""`python -m lora_lab.bench`: its arguments, checked before torch is imported (measure.py does the work)."""
 
 from __future__ import annotations
 
 import argparse
-import json
 import sys
-import time
 from pathlib import Path
 
-import torch
-
-from lora_lab import allocator, assets, config, models, provenance
-from lora_lab.atomic import write_text_atomic
+from lora_lab import assets, config
 from lora_lab.bench import DESCRIPTION
-from lora_lab.bench.e2e import bench_e2e
-from lora_lab.bench.memory import bench_memory, memory_child
-from lora_lab.bench.timing import bench_inference, bench_training
-from lora_lab.build import positions_of
-from lora_lab.hardware import PRECISIONS, pick_cheap_dropout, pick_device, pick_precision
-
-
-def report(result: dict, args: argparse.Namespace) -> str:
-    if "end_to_end" in result:
-        e2e = result["end_to_end"]
-        name, ours = e2e["baseline"], e2e["rows"]["ours"]
-        lines = [
-            f"seven-row table end to end ({', '.join(e2e['sizes'])}; ours as {e2e['ours_jobs']} job(s))",
-            f"  wall: ours {e2e['wall_s']['ours']:.0f} s, {name} {e2e['wall_s'][name]:.0f} s, "
-            f"ratio {e2e['ours_over_baseline_wall']:.2f}",
-            f"  accuracy: configuration | ours | {name}",
-        ]
-        for label, row in e2e["rows"][name].items():
-            mine = ours.get(label, {}).get("accuracy", float("nan"))
-            lines.append(f"    {label:<26} {mine:.4f}  {row['accuracy']:.4f}")
-        return "\n".join(lines)
-    train, lines = result["train_step_s"], []
-    lines.append(f"training step, median of {args.rounds} ({result['setup']})")
-    for variant, seconds in train.items():
-        lines.append(f"  {variant:<28} {1000 * seconds:8.1f} ms   {seconds / train['floor']:5.2f} x floor")
-    for variant in train:
-        if variant.startswith("ours:") and f"peft:{variant[5:]}" in train:
-            lines.append(
-                f"  ours/PEFT speed on {variant[5:]}: {train['peft:' + variant[5:]] / train[variant]:.2f}"
-            )
-    infer = result["inference_s"]
-    lines.append("inference, median")
-    for variant, seconds in infer.items():
-        lines.append(f"  {variant:<37} {1000 * seconds:8.1f} ms   {seconds / infer['base']:5.2f} x base")
-    if "peak_memory_mb" in result:
-        mem, frozen = result["peak_memory_mb"], result.get("frozen_weights_mb", {})
-        lines.append("peak memory of a training step (fresh process each); frozen weights as stored")
-        ref = "full" if "full" in mem else "floor"
-        for variant, mb in mem.items():
-            weights = f"   frozen {frozen[variant]:7.1f} MB" if variant in frozen else ""
-            lines.append(f"  {variant:<28} {mb:8.0f} MB   {mb / mem[ref]:5.2f} x {ref}{weights}")
-    return "\n".join(lines)
 
 
 def arguments() -> argparse.ArgumentParser:
@@ -77,7 +30,7 @@ def arguments() -> argparse.ArgumentParser:
     parser.add_argument("--threads", type=int, help="CPU threads (default: torch's)")
     parser.add_argument(
         "--precision",
-        choices=PRECISIONS,
+        choices=config.PRECISIONS,
         default="auto",
         help="as trainer.precision",
     )
@@ -130,7 +83,7 @@ def arguments() -> argparse.ArgumentParser:
     )
     parser.add_argument(
         "--against-precision",
-        choices=PRECISIONS,
+        choices=config.PRECISIONS,
         help="with --against: the baseline's trainer.precision, where it is not ours (default: --precision)",
     )
     parser.add_argument(
@@ -150,6 +103,8 @@ def arguments() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> None:
+    """The arguments, each checked against what it names (conf/model, conf/method) before torch is imported,
+    so that a bad one prints its line in about a second; then the measurements."""
     parser = arguments()
     argv = sys.argv[1:] if argv is None else argv
     args = parser.parse_args(argv)
@@ -159,54 +114,11 @@ def main(argv: list[str] | None = None) -> None:
         value = getattr(args, name)
         if value is not None and value < low:
             parser.error(f"--{name.replace('_', '-')} {value}: use a whole number >= {low}")
-    models.quiet_libraries()
     if args.against_precision and not args.against:
         raise SystemExit("--against-precision needs --against COMMIT (the HF Trainer script runs fp32)")
     bench_model = config.compose([f"model={args.model}", "model.pretrained=false"]).model  # as variants build
-    positions = positions_of(models.load_config(bench_model))
-    if positions and args.seq > positions:
-        parser.error(f"--seq {args.seq}: use at most the model's {positions} positions")
-    if args.allocator == "kept":
-        args.allocator = "kept" if allocator.keep_freed_memory() else "glibc (no glibc, or MALLOC_* set)"
-    if args.threads:
-        torch.set_num_threads(args.threads)
-    device = pick_device(args.device)
-    args.precision = pick_precision(args.precision, device)
-    args.against_precision = pick_precision(args.against_precision or args.precision, device)
-    setting = {"true": True, "false": False}.get(args.cheap_dropout, "auto")
-    args.cheap_dropout = pick_cheap_dropout(setting, device)
-    if args.order == "auto":
-        args.order = "sequential" if device.type == "cuda" else "interleaved"
-    if args.memory_child:
-        return memory_child(args, device)
-    setup = (
-        f"{args.model}{' nf4' if args.quant else ''}{' checkpointed' if args.checkpointing else ''}, "
-        f"batch {args.batch} x {args.seq} tokens, r={args.rank or 'per row'}, dropout {args.dropout}, "
-        f"{args.precision}, "
-        f"{'cheap' if args.cheap_dropout else 'torch'} dropout masks, "
-        f"{device.type}, {torch.get_num_threads()} threads, variants {args.order}, allocator {args.allocator}"
-    )
-    result = {"setup": setup, "args": {k: v for k, v in vars(args).items() if k != "out"}}
-    result["provenance"] = {**provenance.current(), "date": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
-    if args.e2e:
-        result["end_to_end"] = bench_e2e(args)
-    else:
-        result["train_step_s"] = bench_training(args, device)
-        result["inference_s"] = bench_inference(args, device)
-        if args.memory:
-            result.update(bench_memory(args, argv))
-    print(report(result, args))
-    against = ""
-    if args.against:
-        against = f"_vs_{args.against}"
-        against += f"_{args.against_precision}" if args.against_precision != args.precision else ""
-    kind = (
-        f"e2e_n{args.train_size}_{args.precision}{against}"
-        if args.e2e
-        else f"b{args.batch}_s{args.seq}_{args.precision}{'_ckpt' if args.checkpointing else ''}"
-        f"{'_nf4' if args.quant else ''}"
-    )
-    out = args.out or Path("outputs/bench") / f"{args.model}_{device.type}_{kind}.json"
-    out.parent.mkdir(parents=True, exist_ok=True)
-    write_text_atomic(out, json.dumps(result, indent=2) + "\n")
-    print(f"wrote {out}")
+    for row in args.methods:
+        config.compose([f"model={args.model}", f"method={row}"])  # an unknown row: Hydra names the known ones
+    from lora_lab.bench.measure import measure  # torch and transformers: only for arguments that passed
+
+    measure(args, argv, bench_model)
