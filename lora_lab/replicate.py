@@ -25,7 +25,7 @@ import numpy as np
 import pandas as pd
 from omegaconf import OmegaConf
 
-from lora_lab import config, models, provenance, recipe, run
+from lora_lab import config, models, provenance, recipe, run, store
 from lora_lab.atomic import write_text_atomic
 from lora_lab.config import USER_ERRORS
 
@@ -88,15 +88,13 @@ def rerun(record: dict, scratch: Path, overrides: list[str]) -> tuple[dict, pd.D
     """The run again, stage by stage; refused when its data or weights are not the ones it ran on."""
     job = recipe.setup(config_of(record, scratch, overrides))
     assert job is not None, "force=true: the rerun always runs"
-    for key in ("data", "weights"):
-        theirs, ours = record.get(key), job.inputs[key]
-        if key == "weights":
-            theirs, ours = (theirs or {}).get("sha256"), (ours or {}).get("sha256")
-        if theirs is not None and theirs != ours:
-            raise ValueError(
-                f"{record['name']}: its {key} fingerprint differs from what it would read now; replicate "
-                f"needs the {key} it ran on (LORA_LAB_ASSETS, data.source)"
-            )
+    changed = store.changed_inputs(record, job.inputs)
+    if changed:
+        key = next(iter(changed))
+        raise ValueError(
+            f"{record['name']}: its {key} fingerprint differs from what it would read now; replicate "
+            f"needs the {key} it ran on (LORA_LAB_ASSETS, data.source)"
+        )
     prepared = recipe.prepare(job)
     predictions = recipe.train_and_score(job, prepared)
     recipe.persist(job, prepared, predictions)

@@ -33,16 +33,23 @@ def finished(path: Path, inputs: dict) -> bool:
     if preds and not (path.parent / preds["file"]).is_file():
         print(f"[lora-lab] {path.stem}: its predictions file {preds['file']} is missing; running it again")
         return False
+    changed = changed_inputs(record, inputs)
+    if changed:
+        key, (theirs, ours) = next(iter(changed.items()))
+        raise ValueError(
+            f"{path} finished on other {key} ({_short(theirs)}) than this run would read ({_short(ours)}); "
+            f"point the run at the {key} it ran on, rerun it with force=true, or give this one another "
+            "experiment_name"
+        )
+    return True
+
+
+def changed_inputs(record: dict, inputs: dict) -> dict[str, tuple[object, object]]:
+    """{"data" or "weights": (the record's fingerprint, the one `inputs` has)} where they differ. A record
+    made before a fingerprint existed matches on that part."""
     theirs = {"data": record.get("data"), "weights": (record.get("weights") or {}).get("sha256")}
     ours = {"data": inputs["data"], "weights": (inputs["weights"] or {}).get("sha256")}
-    for key in ("data", "weights"):
-        if theirs[key] is not None and theirs[key] != ours[key]:
-            raise ValueError(
-                f"{path} finished on other {key} ({_short(theirs[key])}) than this run would read "
-                f"({_short(ours[key])}); point the run at the {key} it ran on, rerun it with force=true, or "
-                "give this one another experiment_name"
-            )
-    return True
+    return {k: (theirs[k], ours[k]) for k in theirs if theirs[k] is not None and theirs[k] != ours[k]}
 
 
 def _short(fingerprint: object) -> str:
