@@ -39,6 +39,30 @@ def row_times(results: Path) -> dict[str, dict]:
     return {r["label"]: {k: r.get(k) for k in keys} for r in records}
 
 
+def our_runner(results: str, jobs: int, precision: str, sizes: list[str]) -> list[str]:
+    """Our side's command: the seven rows through `python -m lora_lab.run`, as `jobs` jobs side by side."""
+    parallel = [*E2E_PARALLEL, f"hydra.launcher.n_jobs={jobs}"] if jobs > 1 else []
+    command = [sys.executable, "-m", "lora_lab.run", "-m", *E2E_SWEEP, *sizes, *parallel]
+    return [*command, "trainer.progress=false", f"trainer.precision={precision}", f"results_dir={results}",
+            f"data.cache_dir={results}/cache"]  # fmt: skip
+
+
+def hf_trainer_script(args: argparse.Namespace, root: Path, out: str) -> list[str]:
+    """The baseline's command: the HF Trainer + PEFT script on imdb_cpu's data, sizes and learning rates."""
+    cfg = config.compose(["experiment=imdb_cpu"])
+    return [
+        sys.executable,
+        str(config.EXPERIMENTS_DIR / "imdb_rank_target" / "hf_trainer_baseline.py"),
+        *("--model-path", str(root / "models" / "all-MiniLM-L6-v2"), "--data", str(root / "data" / "imdb")),
+        *("--train-size", str(args.train_size), "--eval-size", str(args.eval_size)),
+        *("--max-length", str(cfg.data.max_length), "--epochs", str(args.epochs)),
+        *("--batch-size", str(cfg.trainer.batch_size), "--lora-lr", str(cfg.lora_lr)),
+        *("--head-lr", str(config.compose(["method=head_only"]).method.lr)),
+        *("--full-lr", str(config.compose(["method=full"]).method.lr)),
+        *("--out", out),
+    ]
+
+
 def bench_e2e(args: argparse.Namespace) -> dict:
     """Wall time and accuracies of the seven-row table (impl=ours) through our runner and through a baseline
     on the same MiniLM, IMDB subset, epochs, batch size and learning rates: the plain HF Trainer + PEFT
@@ -46,7 +70,6 @@ def bench_e2e(args: argparse.Namespace) -> dict:
     root = assets.asset_root()
     if root is None or not (root / "models" / "all-MiniLM-L6-v2").is_dir():
         raise SystemExit(f"--e2e needs MiniLM and IMDB under ${assets.ENV_VAR} (e.g. ../shared)")
-    cfg = config.compose(["experiment=imdb_cpu"])
     sizes = [
         f"data.train_size={args.train_size}",
         f"data.eval_size={args.eval_size}",
@@ -54,58 +77,14 @@ def bench_e2e(args: argparse.Namespace) -> dict:
     ]
     here = str(config.CONF_DIR.parent)
     with tempfile.TemporaryDirectory() as tmp:
-
-        def runner(results: str, jobs: int, precision: str) -> list[str]:
-            return [
-                sys.executable,
-                "-m",
-                "lora_lab.run",
-                "-m",
-                *E2E_SWEEP,
-                *sizes,
-                *(E2E_PARALLEL + [f"hydra.launcher.n_jobs={jobs}"] if jobs > 1 else []),
-                "trainer.progress=false",
-                f"trainer.precision={precision}",
-                f"results_dir={results}",
-                f"data.cache_dir={results}/cache",
-            ]
-
-        ours = (runner(f"{tmp}/ours", args.jobs, args.precision), here)
+        ours = (our_runner(f"{tmp}/ours", args.jobs, args.precision, sizes), here)
         if args.against:
             baseline_name = f"ours@{args.against}"
-            baseline = (
-                runner(f"{tmp}/against", 1, args.against_precision),
-                str(source_at(args.against, Path(tmp, "src"))),
-            )
+            against = our_runner(f"{tmp}/against", 1, args.against_precision, sizes)
+            baseline = (against, str(source_at(args.against, Path(tmp, "src"))))
         else:
             baseline_name = "hf_trainer"
-            script = [
-                sys.executable,
-                str(config.EXPERIMENTS_DIR / "imdb_rank_target" / "hf_trainer_baseline.py"),
-                "--model-path",
-                str(root / "models" / "all-MiniLM-L6-v2"),
-                "--data",
-                str(root / "data" / "imdb"),
-                "--train-size",
-                str(args.train_size),
-                "--eval-size",
-                str(args.eval_size),
-                "--max-length",
-                str(cfg.data.max_length),
-                "--epochs",
-                str(args.epochs),
-                "--batch-size",
-                str(cfg.trainer.batch_size),
-                "--lora-lr",
-                str(cfg.lora_lr),
-                "--head-lr",
-                str(config.compose(["method=head_only"]).method.lr),
-                "--full-lr",
-                str(config.compose(["method=full"]).method.lr),
-                "--out",
-                f"{tmp}/baseline.json",
-            ]
-            baseline = (script, here)
+            baseline = (hf_trainer_script(args, root, f"{tmp}/baseline.json"), here)
         walls = {}
         for name, (cmd, path) in (("ours", ours), (baseline_name, baseline)):
             env = {**os.environ, "PYTHONPATH": path}
