@@ -11,8 +11,12 @@ markdown ones name the records they were made from (their count and a digest) an
 
 from __future__ import annotations
 
+import argparse
 import sys
+from dataclasses import dataclass
 from pathlib import Path
+
+import pandas as pd
 
 from lora_lab.analysis import claims as claims_module
 from lora_lab.analysis import findings as findings_module
@@ -26,7 +30,7 @@ from lora_lab.analysis import (
     summarize,
     write_tables,
 )
-from lora_lab.analysis.plan import load_plan
+from lora_lab.analysis.plan import Plan, load_plan
 from lora_lab.analysis.plot import X_AXES, plot_findings
 from lora_lab.analysis.runs import correctness
 from lora_lab.analysis.table import add_latency, cost_host, read_bench, to_markdown
@@ -40,7 +44,7 @@ OUTPUTS = (  # what an analysis of a folder writes there: each is rewritten or r
 )
 
 
-def main(argv: list[str] | None = None) -> None:
+def arguments() -> ArgumentParser:
     parser = ArgumentParser(prog="python -m lora_lab.analysis", description=__doc__.split("\n\n")[1])
     parser.add_argument("results", help="an experiment's results folder (holding runs/); outputs go here too")
     parser.add_argument(
@@ -60,67 +64,101 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--source", choices=("store", "wandb"), default="store")
     parser.add_argument("--entity", help="wandb entity (with --source wandb)")
     parser.add_argument("--project", help="wandb project (with --source wandb)")
-    args = parser.parse_args(argv)
-    if args.source == "wandb" and not (args.entity and args.project):
-        parser.error("--source wandb needs --entity and --project")
-    try:
-        runs = (
-            load_runs(args.results) if args.source == "store" else load_wandb_runs(args.entity, args.project)
-        )
-        experiment = runs["experiment"].iloc[0]
-        correct = correctness(runs)
-        table = summarize(runs, correct, load_reference(experiment, args.reference))
-        latency = (
-            add_latency(table, runs, read_bench(args.latency), f"--latency {args.latency}")
-            if args.latency
-            else None
-        )
-        tuning = runs["eval_split"].iloc[0] == "dev"  # a learning-rate pilot: rates, no verdicts
-        skip = args.claims == "none" or tuning
-        claims = None if skip else claims_module.load_claims(experiment, args.claims)
-        plan = load_plan(args.results) if args.source == "store" else None
-        first_run = runs["finished_at"].dropna().min() if "finished_at" in runs else None
-        master = load_runs(args.master) if args.master else None
-        findings = (
-            findings_module.check(claims, table, correct, plan, first_run) if claims and correct else None
-        )
-    except (FileNotFoundError, ValueError) as err:
-        print(f"error: {err}", file=sys.stderr)
-        sys.exit(2)  # bad input, as the runner says it
+    return parser
+
+
+@dataclass
+class Study:
+    """What the analysis read and decided, before anything is written."""
+
+    runs: pd.DataFrame
+    table: pd.DataFrame
+    latency: pd.DataFrame | None  # the table joined to --latency's bench variants
+    tuning: bool  # a learning-rate pilot (runs on the dev split): rates, no verdicts
+    plan: Plan | None
+    master: pd.DataFrame | None  # --master's runs
+    findings: pd.DataFrame | None  # the claims' verdicts
+
+
+def read(args: argparse.Namespace) -> Study:
+    """The runs, their table and the claims' verdicts; bad input raises (FileNotFoundError, ValueError)."""
+    runs = load_runs(args.results) if args.source == "store" else load_wandb_runs(args.entity, args.project)
+    experiment = runs["experiment"].iloc[0]
+    correct = correctness(runs)
+    table = summarize(runs, correct, load_reference(experiment, args.reference))
+    latency = (
+        add_latency(table, runs, read_bench(args.latency), f"--latency {args.latency}")
+        if args.latency
+        else None
+    )
+    tuning = runs["eval_split"].iloc[0] == "dev"
+    skip = args.claims == "none" or tuning
+    claims = None if skip else claims_module.load_claims(experiment, args.claims)
+    plan = load_plan(args.results) if args.source == "store" else None
+    first_run = runs["finished_at"].dropna().min() if "finished_at" in runs else None
+    master = load_runs(args.master) if args.master else None
+    findings = findings_module.check(claims, table, correct, plan, first_run) if claims and correct else None
+    return Study(runs, table, latency, tuning, plan, master, findings)
+
+
+def write(study: Study, args: argparse.Namespace) -> list[Path]:
+    """Print the table (and rates or verdicts), write every output the study makes; return their paths."""
+    runs, table, results = study.runs, study.table, Path(args.results)
     notes = [f"Made by `python -m lora_lab.analysis` from {runs.attrs.get('read') or args.results}."]
     notes += failed_notes(runs.attrs.get("failed", []))
     print(to_markdown(table) + "".join(f"\n{n}" for n in notes[1:]))
     written = write_tables(table, args.results, notes)
-    model = runs["model"].iloc[0].rsplit("/", 1)[-1]
+    experiment, model = runs["experiment"].iloc[0], runs["model"].iloc[0].rsplit("/", 1)[-1]
     title = f"{experiment}: {model}, {runs['train_examples'].iloc[0]:,} train examples"
     plot(table, args.results, title=title)
-    written += [Path(args.results) / f"acc_vs_params.{ext}" for ext in ("png", "pdf")]
+    written += [results / f"acc_vs_params.{ext}" for ext in ("png", "pdf")]
     for cost in ("train_s", "peak_memory_mb"):  # measured costs, on the host kind most runs ran on
         if table[cost].notna().any():
             plot(table, args.results, title=f"{title}\n{cost_host(runs)}", x=cost)
-            written += [Path(args.results) / f"{X_AXES[cost][0]}.{ext}" for ext in ("png", "pdf")]
-    if latency is not None:
-        plot(latency, args.results, title=f"{title}\nlatency: {Path(args.latency).name}", x="latency_x_base")
-        written += [Path(args.results) / f"acc_vs_latency.{ext}" for ext in ("png", "pdf")]
-    written += sources.write(runs, args.results, notes, master)
-    if tuning:
+            written += [results / f"{X_AXES[cost][0]}.{ext}" for ext in ("png", "pdf")]
+    if study.latency is not None:
+        latency_title = f"{title}\nlatency: {Path(args.latency).name}"
+        plot(study.latency, args.results, title=latency_title, x="latency_x_base")
+        written += [results / f"acc_vs_latency.{ext}" for ext in ("png", "pdf")]
+    written += sources.write(runs, args.results, notes, study.master)
+    if study.tuning:
         chosen = rates.choose(table)
         print(rates.to_markdown(chosen))
         written.append(rates.write_rates(chosen, args.results, notes))
-    if findings is not None:
-        print(findings_module.to_markdown(findings, table, plan))
-        written += findings_module.write_findings(findings, table, args.results, notes, plan)
+    if study.findings is not None:
+        print(findings_module.to_markdown(study.findings, table, study.plan))
+        written += findings_module.write_findings(study.findings, table, args.results, notes, study.plan)
         plot_findings(
-            findings, args.results, title=f"{experiment}: claims, a - b with the interval that decides"
+            study.findings, args.results, title=f"{experiment}: claims, a - b with the interval that decides"
         )
-        written += [Path(args.results) / "findings.png"]
-    print("wrote", ", ".join(str(p) for p in written))
+        written += [results / "findings.png"]
+    return written
+
+
+def remove_stale(results: Path, written: list[Path]) -> None:
+    """Remove the outputs an earlier analysis made that this one did not, so none is left over."""
     made = {Path(p).name for p in written}
-    stale = [p for p in (Path(args.results) / n for n in OUTPUTS if n not in made) if p.is_file()]
+    stale = [p for p in (results / n for n in OUTPUTS if n not in made) if p.is_file()]
     for path in stale:
         path.unlink()
     if stale:
         print("removed what this analysis no longer makes:", ", ".join(p.name for p in stale))
+
+
+def main(argv: list[str] | None = None) -> None:
+    """The stages: read (and decide), write, remove what is stale."""
+    parser = arguments()
+    args = parser.parse_args(argv)
+    if args.source == "wandb" and not (args.entity and args.project):
+        parser.error("--source wandb needs --entity and --project")
+    try:
+        study = read(args)
+    except (FileNotFoundError, ValueError) as err:
+        print(f"error: {err}", file=sys.stderr)
+        sys.exit(2)  # bad input, as the runner says it
+    written = write(study, args)
+    print("wrote", ", ".join(str(p) for p in written))
+    remove_stale(Path(args.results), written)
 
 
 def failed_notes(failed: list[dict]) -> list[str]:
