@@ -144,7 +144,9 @@ def run_module(module: str, args: list[str], monkeypatch) -> int:
     its exit code, its output left to capsys. For what a command does; what the interpreter around it does
     (imports, signals, library notices at import, environment read at import) needs a subprocess."""
     monkeypatch.setattr(sys, "argv", [module, *args])
-    monkeypatch.delenv("HYDRA_FULL_ERROR", raising=False)  # run.cli sets it for Hydra; monkeypatch restores
+    # run.cli sets HYDRA_FULL_ERROR=1 for Hydra. Set it here first, so that monkeypatch records the original
+    # and restores it: a delenv of an unset variable records nothing, and the 1 would stay for the next tests.
+    monkeypatch.setenv("HYDRA_FULL_ERROR", "0")
     try:
         runpy.run_module(module, run_name="__main__", alter_sys=True)
     except SystemExit as exit_:
