@@ -7,6 +7,7 @@ themselves, so every job of a sweep after the first loads them instead of tokeni
 from __future__ import annotations
 
 import dataclasses
+import functools
 import hashlib
 import io
 import json
@@ -35,20 +36,42 @@ LABEL_NAMES = ("neg", "pos")
 def load_imdb(cfg: DictConfig) -> dict[str, pd.DataFrame]:
     """{"train": frame, "test": frame} with columns text (str), label (int) and example_id (str): a stable
     name of the review within its split, "<neg|pos>/<review_id>" where the source numbers its reviews (IMDB's
-    ids repeat across the two labels), else the row's index."""
+    ids repeat across the two labels), else the row's index. The frames are shared (see `_read_checked`):
+    take subsets of them, never change them in place."""
     source = assets.resolve(cfg.source, cfg.get("local"), "data.source")
     if Path(source).is_dir():
-        frames = _read_folder(Path(source))
-    elif Path(source).is_file():
+        folder = Path(source).resolve()
+        stamp = _stamp(folder)
+        return dict(_read_checked(folder, source, stamp)) if stamp else _checked(_read_folder(folder), source)
+    if Path(source).is_file():
         raise ValueError(
             f"data.source={source!r} is a file; point it at the folder holding train.parquet and test.parquet"
         )
-    elif assets.is_path(source):
+    if assets.is_path(source):
         raise FileNotFoundError(
             f"data.source={source!r} does not exist; point it at a parquet or aclImdb folder"
         )
-    else:
-        frames = _read_hub(cfg.source, cfg.get("local"))
+    return _checked(_read_hub(cfg.source, cfg.get("local")), source)
+
+
+def _stamp(folder: Path) -> tuple | None:
+    """What tells one state of a parquet folder from another without reading it: each split's size and
+    modification time. None for an aclImdb folder (thousands of files), which is read each time instead."""
+    files = [folder / f"{s}.parquet" for s in SPLITS]
+    if not all(f.is_file() for f in files):
+        return None
+    return tuple((f.stat().st_size, f.stat().st_mtime_ns) for f in files)
+
+
+@functools.lru_cache(maxsize=2)
+def _read_checked(folder: Path, source: str, stamp: tuple) -> dict[str, pd.DataFrame]:
+    """A parquet folder read and checked once per process and state of its files: the runs of a sweep in one
+    process (Hydra's basic launcher) take subsets of the same frames instead of each reading and checking
+    all of IMDB again. `source` is the name the errors give."""
+    return _checked(_read_folder(folder), source)
+
+
+def _checked(frames: dict[str, pd.DataFrame], source: str) -> dict[str, pd.DataFrame]:
     for split, frame in frames.items():
         missing = [c for c in COLUMNS if c not in frame.columns]
         if missing:

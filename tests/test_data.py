@@ -60,6 +60,18 @@ def test_aclimdb_folder(tmp_path) -> None:
         )
 
 
+def test_a_parquet_folder_is_read_once_per_process_until_its_files_change(tmp_path, monkeypatch) -> None:
+    for split in ("train", "test"):
+        frame(2, 2).to_parquet(tmp_path / f"{split}.parquet")
+    load = lambda: data.load_imdb(OmegaConf.create({"source": str(tmp_path), "local": None}))  # noqa: E731
+    first = load()
+    monkeypatch.setattr(pd, "read_parquet", lambda path: pytest.fail(f"{path} was read again"))
+    assert load()["train"] is first["train"]  # a sweep's second run: no read, no check
+    monkeypatch.undo()
+    frame(3, 2).to_parquet(tmp_path / "train.parquet")  # rewritten in place: another size
+    assert len(load()["train"]) == 5
+
+
 @requires_assets
 def test_shared_parquet_is_full_imdb() -> None:
     frames = data.load_imdb(OmegaConf.create({"source": str(IMDB), "local": None}))
