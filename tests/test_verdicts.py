@@ -136,6 +136,16 @@ def test_the_planners_seed_count_reaches_its_power_in_simulation(claim: dict) ->
     assert parsed.power(truth, findings.ALPHA, needed - 1, truth.examples) < stats.POWER
 
 
+def test_at_chance_is_the_one_sided_binomial_test_at_its_level() -> None:
+    """Around the boundary, a run is "at chance" exactly when scipy's binomial test cannot reject chance."""
+    labels = np.arange(200) % 3 == 0  # the commoner label (False): 133 of them
+    for correct in range(140, 160):
+        pred = labels.copy()
+        pred[correct:] = ~pred[correct:]
+        p = scipy_stats.binomtest(correct, 200, 133 / 200, alternative="greater").pvalue
+        assert ("at chance" in (store.collapse(pred, labels) or "")) == (p >= store.CHANCE_P), correct
+
+
 def test_a_collapsed_run_is_flagged_and_its_claim_shown_both_ways() -> None:
     labels = np.arange(1000) % 2
     assert "one class" in store.collapse(np.ones(1000, dtype=int), labels)
