@@ -94,9 +94,15 @@ def check(
 
 def _paired(a: pd.DataFrame, b: pd.DataFrame, seeds: list) -> pd.DataFrame:
     """a - b in correctness, per test example and shared seed."""
-    if not a.index.equals(b.index) and set(a.index) != set(b.index):  # equal in order: no sets to build
-        raise ValueError("two rows of a claim were scored on different test examples; they cannot be paired")
-    return a[seeds] - b.loc[a.index, seeds]
+    if not a.index.equals(b.index):  # equal in order (the usual case): nothing to align
+        if set(a.index) != set(b.index):
+            raise ValueError(
+                "two rows of a claim were scored on different test examples; they cannot be paired"
+            )
+        b = b.loc[a.index]
+    # through numpy: simulations call this thousands of times, and pandas' aligned arithmetic dominated them
+    a_seeds, b_seeds = (m.to_numpy()[:, m.columns.get_indexer(seeds)] for m in (a, b))
+    return pd.DataFrame(a_seeds - b_seeds, index=a.index, columns=seeds)
 
 
 def _row_of(
