@@ -7,6 +7,7 @@ counts and tests, and needs no download).
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import logging
 import warnings
@@ -113,12 +114,26 @@ def load_config(cfg: DictConfig, num_labels: int = 2) -> PretrainedConfig:
         return AutoConfig.for_model(cfg.model_type, num_labels=num_labels, **overrides)
     source = on_disk or assets.resolve(cfg.name, cfg.get("local"), "model", _offline_hint)
     gguf = gguf_file(cfg, source)
+    if gguf:
+        _share_gguf_name_maps()
     try:
         return AutoConfig.from_pretrained(source, num_labels=num_labels, gguf_file=gguf, **overrides)
     except OSError as err:
         raise FileNotFoundError(
             f"model {cfg.name!r}: {assets.describe_lookup(cfg.name, cfg.get('local'))}"
         ) from err
+
+
+def _share_gguf_name_maps() -> None:
+    """transformers builds gguf's tensor-name map again for every module it walks while reading a GGUF file
+    (hundreds of times a load, most of the load's time). The map depends only on the architecture and the
+    layer count, so one is built per pair and shared; the weights loaded are the same."""
+    try:
+        import gguf
+    except ImportError:  # transformers says what to install when it reads the file
+        return
+    if not hasattr(gguf.get_tensor_name_map, "cache_info"):
+        gguf.get_tensor_name_map = functools.cache(gguf.get_tensor_name_map)
 
 
 def load_model(cfg: DictConfig, num_labels: int = 2, pad_token_id: int | None = None) -> nn.Module:

@@ -48,6 +48,9 @@ def test_the_record_names_the_gguf_weights_and_their_hash(smollm) -> None:
     )
     assert weights["sha256"] == hashlib.sha256(gguf.read_bytes()).hexdigest()
     assert type(model).__name__ == "LlamaForSequenceClassification" and model.config.num_hidden_layers == 30
+    from gguf import get_tensor_name_map  # as transformers imports it: the loader's shared maps
+
+    assert get_tensor_name_map.cache_info().hits > 100  # one map built, reused for each module walked
 
 
 @requires_assets

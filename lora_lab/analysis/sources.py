@@ -91,7 +91,7 @@ def shares(sets: pd.DataFrame, draws: int = DRAWS) -> pd.DataFrame:
     return pd.DataFrame(out)
 
 
-def _variance_interval(df: np.ndarray | int, var: np.ndarray | float) -> tuple:
+def _variance_interval(df: np.ndarray | int, var: np.ndarray | np.floating | float) -> tuple:
     """The chi-square interval of a variance at LEVEL. The quantiles come from scipy.special, as
     scipy.stats.chi2.ppf computes them, without its per-call checks, which dominated the simulations."""
     upper, lower = (2 * special.gammaincinv(np.divide(df, 2), q) for q in ((1 + LEVEL) / 2, (1 - LEVEL) / 2))
