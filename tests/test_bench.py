@@ -118,8 +118,8 @@ def test_numeric_flags_out_of_range_are_one_line_before_any_work(tmp_path, flag,
 def test_frozen_bytes_count_a_4bit_base_as_packed_weights_and_scales() -> None:
     pytest.importorskip("bitsandbytes")
     args = argparse.Namespace(**{**vars(ARGS), "model": "tiny_llama"})
-    lora, _ = variants.build(args, "ours:attn_ffn_r8")
-    qlora, _ = variants.build(args, "ours:qlora_attn_ffn_r8")
+    lora = variants.build(args, "ours:attn_ffn_r8")[0]
+    qlora = variants.build(args, "ours:qlora_attn_ffn_r8")[0]
     frozen = [p for p in lora.parameters() if not p.requires_grad]
     assert frozen_bytes(lora) == sum(4 * p.numel() for p in frozen)  # fp32, nothing quantised
     linears = sum(m.base_layer.weight.numel() for _, m in lora.named_modules() if hasattr(m, "lora_A"))

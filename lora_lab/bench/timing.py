@@ -11,7 +11,7 @@ from functools import partial
 
 import torch
 
-from lora_lab.bench.variants import build, fake_batch, grad_clip, optimizer_of, train_variants, variant_config
+from lora_lab.bench.variants import build, fake_batch, grad_clip, optimizer_of, train_variants
 from lora_lab.hardware import autocast
 from lora_lab.train import train_step
 
@@ -87,8 +87,8 @@ def bench_inference(args: argparse.Namespace, device: torch.device) -> dict[str,
     base weights (LoRA, DoRA, IA3; not a 4-bit base), merged."""
 
     def forward_of(variant: str, merged: bool = False) -> Callable[[], object] | None:
-        model, method = build(args, variant)
-        if merged and (variant_config(args, variant).quant or method.merge(model) is None):
+        model, method, cfg = build(args, variant)
+        if merged and (cfg.quant or method.merge(model) is None):
             return None
         model = model.to(device).eval()
         batch = {k: v for k, v in fake_batch(model, args, device).items() if k != "labels"}

@@ -35,8 +35,8 @@ def variant_config(args: argparse.Namespace, variant: str) -> DictConfig:
     return cfg
 
 
-def build(args: argparse.Namespace, variant: str) -> tuple[nn.Module, methods.Method]:
-    """A model prepared as `variant`, and its method."""
+def build(args: argparse.Namespace, variant: str) -> tuple[nn.Module, methods.Method, DictConfig]:
+    """A model prepared as `variant`, its method, and the run config it was built from."""
     torch.manual_seed(0)
     cfg = variant_config(args, variant)
     model = build_model(cfg, pad_token_id=0)  # decoders pool on the last non-pad token; fake batches: no 0
@@ -44,7 +44,7 @@ def build(args: argparse.Namespace, variant: str) -> tuple[nn.Module, methods.Me
         model.get_input_embeddings().register_forward_hook(lambda _m, _i, out: out.requires_grad_(True))
     if args.checkpointing:  # as trainer.gradient_checkpointing does it
         enable_checkpointing(model)
-    return model, methods.of(cfg)
+    return model, methods.of(cfg), cfg
 
 
 def optimizer_of(
@@ -52,9 +52,9 @@ def optimizer_of(
 ) -> tuple[nn.Module, torch.optim.AdamW]:
     """`variant` built on `device` for training, and the runner's optimizer for it (fused on CUDA; LoRA+'s
     groups where the variant has them)."""
-    model, method = build(args, variant)
+    model, method, cfg = build(args, variant)
     model = model.to(device).train()
-    ratios = method.lr_ratios(model, variant_config(args, variant))
+    ratios = method.lr_ratios(model, cfg)
     return model, optimizer_for(model, 1e-5, 0.0, device, ratios)
 
 
