@@ -15,7 +15,8 @@ import pandas as pd
 import peft.peft_model
 import pytest
 from conftest import ASSETS, TINY_RUN, requires_assets
-from helpers import cli, imported, in_process
+from helpers import cli, imported, in_process, run_module
+from huggingface_hub import constants as hub_constants
 from safetensors import SafetensorError
 
 from lora_lab import recipe
@@ -473,13 +474,18 @@ def test_bad_input_through_the_command_line(tmp_path, token_cache) -> None:
     assert not (tmp_path / "results").exists()
 
 
-@pytest.mark.slow
-def test_the_default_model_without_hub_says_what_works_here(tmp_path, token_cache) -> None:
-    env = {"HF_ENDPOINT": "http://127.0.0.1:9"}  # a Hub this machine cannot reach, found out at once
-    out = cli(tmp_path, token_cache, "-m", "rank=4,8,16", env=env)
-    assert out.returncode == 2
-    assert "the Hugging Face Hub is unreachable" in out.stderr and "model=minilm" in out.stderr
-    assert "HF_HUB_OFFLINE=1" in out.stderr and "Retrying" not in out.stderr + out.stdout
+def test_the_default_model_without_hub_says_what_works_here(tmp_path, monkeypatch, capsys) -> None:
+    """The real look at the Hub, at an endpoint that refuses at once (what HF_ENDPOINT=http://127.0.0.1:9
+    sets at import; test_data looks through a fresh interpreter)."""
+    monkeypatch.setattr(hub_constants, "ENDPOINT", "http://127.0.0.1:9")
+    monkeypatch.setattr(hub_constants, "HF_HUB_OFFLINE", False)
+    monkeypatch.setenv("LORA_LAB_ASSETS", str(ASSETS))
+    monkeypatch.chdir(tmp_path)
+    assert run_module("lora_lab.run", ["-m", "rank=4,8,16", f"results_dir={tmp_path}"], monkeypatch) == 2
+    out = capsys.readouterr()
+    assert "the Hugging Face Hub is unreachable" in out.err and "model=minilm" in out.err
+    assert "HF_HUB_OFFLINE=1" in out.err and "Retrying" not in out.err + out.out
+    assert not list(tmp_path.iterdir())
 
 
 def test_an_impl_a_method_does_not_have_is_said_and_recorded(

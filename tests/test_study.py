@@ -3,6 +3,8 @@ the seeds each look needs, looks, stops at the plan's maximum, and a rerun finds
 
 from __future__ import annotations
 
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -42,13 +44,30 @@ def test_a_budget_reads_hours_or_minutes_and_refuses_anything_else() -> None:
             study.hours(bad)
 
 
+def sweeps_here(monkeypatch) -> None:
+    """Each `python -m lora_lab.run ...` the study starts runs in this process instead (the same entry point,
+    without an interpreter's start per round); any other command (git) runs as before."""
+    real = subprocess.run
+
+    def run(command: list[str], *args, **kwargs) -> subprocess.CompletedProcess:
+        if command[:3] != [sys.executable, "-m", "lora_lab.run"]:
+            return real(command, *args, **kwargs)
+        code = run_module("lora_lab.run", command[3:], monkeypatch)
+        if code and kwargs.get("check"):
+            raise subprocess.CalledProcessError(code, command)
+        return subprocess.CompletedProcess(command, code)
+
+    monkeypatch.setattr(subprocess, "run", run)
+
+
 @requires_assets
 @pytest.mark.slow
 def test_the_study_runs_each_look_stops_at_the_plans_maximum_and_resumes(tmp_path, monkeypatch, capsys):
-    """The study's command in this process (it starts each round's sweep as a subprocess, as for a user)."""
+    """The study's command in this process, and the sweep it starts each round too (sweeps_here)."""
     plan = tiny_plan(tmp_path)
     monkeypatch.setenv("LORA_LAB_ASSETS", str(ASSETS))
     monkeypatch.setenv("LORA_LAB_CACHE", str(tmp_path / "cache"))
+    sweeps_here(monkeypatch)
     command = ["imdb_cpu", *TINY, f"results_dir={tmp_path / 'results'}"]
     command += ["--budget", "1h", "--jobs", "1", "--plan", str(plan)]
     assert run_module("lora_lab.study", [*command, "--dry-run"], monkeypatch) == 0
