@@ -8,6 +8,7 @@ import pandas as pd
 import pytest
 
 from lora_lab.analysis import sources
+from lora_lab.analysis.plot import plot_sources
 
 SPREAD = {"init": 2.0, "data_order": 0.1, "dropout": 0.5}  # pp of accuracy per step of the source's value
 
@@ -83,8 +84,19 @@ def test_a_study_over_the_master_seed_alone_writes_no_sources_report(tmp_path) -
         }
     )
     assert sources.varied(runs).empty
-    assert sources.write(runs, tmp_path, [], None) == []
+    assert sources.write(sources.varied(runs), tmp_path, [], None) == []
     assert not list(tmp_path.iterdir())
+
+
+def test_a_study_of_sources_writes_its_report_and_its_plot(tmp_path) -> None:
+    sets = sources.varied(runs_varying_one_source_at_a_time())
+    written = sources.write(sets, tmp_path, ["Made by a test."], None, title="sources")
+    assert [p.name for p in written] == ["sources.md", "sources.csv", "sources.png"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted(p.name for p in written)
+    figure = plot_sources(sets)
+    [ax] = figure.axes  # one row (label, impl): one panel
+    assert [t.get_text().split("\n")[0] for t in ax.get_xticklabels()] == ["init", "data_order", "dropout"]
+    assert sum(len(c.get_offsets()) for c in ax.collections if len(c.get_offsets()) > 1) == 18  # a dot a run
 
 
 def test_a_source_whose_values_tie_decides_nothing() -> None:

@@ -3,7 +3,8 @@
 Reads the runs, prints the table and the study's findings, and writes into RESULTS_DIR: table.md/.csv/.tex;
 acc_vs_params.png/.pdf, acc_vs_train_time.png/.pdf and acc_vs_peak_memory.png/.pdf (measured costs, mean ± sd
 over seeds, on the host kind most runs ran on); with --latency, acc_vs_latency.png/.pdf; when the study has
-claims, findings.md/.csv and findings.png; when its runs vary one seed source at a time, sources.md/.csv.
+claims, findings.md/.csv and findings.png. When its runs vary one seed source at a time: sources.md/.csv and
+sources.png in place of the plots against costs (one method: its runs would stand in one column).
 
 Every output it owns is written or removed on each run, so none is left from an earlier analysis; the
 markdown ones name the records they were made from (their count and a digest) and the runs that failed.
@@ -39,7 +40,7 @@ from lora_lab.config import ArgumentParser
 OUTPUTS = (  # what an analysis of a folder writes there: each is rewritten or removed
     *("table.md", "table.csv", "table.tex", "acc_vs_params.png", "acc_vs_params.pdf"),
     *("acc_vs_latency.png", "acc_vs_latency.pdf", "rates.md", "findings.md", "findings.csv", "findings.png"),
-    *("sources.md", "sources.csv"),
+    *("sources.md", "sources.csv", "sources.png"),
     *("acc_vs_train_time.png", "acc_vs_train_time.pdf", "acc_vs_peak_memory.png", "acc_vs_peak_memory.pdf"),
 )
 
@@ -78,6 +79,7 @@ class Study:
     plan: Plan | None
     master: pd.DataFrame | None  # --master's runs
     findings: pd.DataFrame | None  # the claims' verdicts
+    sources: pd.DataFrame  # the runs that vary one seed source alone (sources.varied); empty in most studies
 
 
 def read(args: argparse.Namespace) -> Study:
@@ -98,7 +100,7 @@ def read(args: argparse.Namespace) -> Study:
     first_run = runs["finished_at"].dropna().min() if "finished_at" in runs else None
     master = load_runs(args.master) if args.master else None
     findings = findings_module.check(claims, table, correct, plan, first_run) if claims and correct else None
-    return Study(runs, table, latency, tuning, plan, master, findings)
+    return Study(runs, table, latency, tuning, plan, master, findings, sources.varied(runs))
 
 
 def write(study: Study, args: argparse.Namespace) -> list[Path]:
@@ -110,17 +112,18 @@ def write(study: Study, args: argparse.Namespace) -> list[Path]:
     written = write_tables(table, args.results, notes)
     experiment, model = runs["experiment"].iloc[0], runs["model"].iloc[0].rsplit("/", 1)[-1]
     title = f"{experiment}: {model}, {runs['train_examples'].iloc[0]:,} train examples"
-    plot(table, args.results, title=title)
-    written += [results / f"acc_vs_params.{ext}" for ext in ("png", "pdf")]
-    for cost in ("train_s", "peak_memory_mb"):  # measured costs, on the host kind most runs ran on
-        if table[cost].notna().any():
-            plot(table, args.results, title=f"{title}\n{cost_host(runs)}", x=cost)
-            written += [results / f"{X_AXES[cost][0]}.{ext}" for ext in ("png", "pdf")]
+    if study.sources.empty:  # a study of seed sources runs one method: against a cost, one column of runs
+        plot(table, args.results, title=title)
+        written += [results / f"acc_vs_params.{ext}" for ext in ("png", "pdf")]
+        for cost in ("train_s", "peak_memory_mb"):  # measured costs, on the host kind most runs ran on
+            if table[cost].notna().any():
+                plot(table, args.results, title=f"{title}\n{cost_host(runs)}", x=cost)
+                written += [results / f"{X_AXES[cost][0]}.{ext}" for ext in ("png", "pdf")]
     if study.latency is not None:
         latency_title = f"{title}\nlatency: {Path(args.latency).name}"
         plot(study.latency, args.results, title=latency_title, x="latency_x_base")
         written += [results / f"acc_vs_latency.{ext}" for ext in ("png", "pdf")]
-    written += sources.write(runs, args.results, notes, study.master)
+    written += sources.write(study.sources, args.results, notes, study.master, title)
     if study.tuning:
         chosen = rates.choose(table)
         print(rates.to_markdown(chosen))

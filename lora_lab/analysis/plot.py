@@ -193,3 +193,28 @@ def plot_findings(findings: pd.DataFrame, out: str | Path | None = None, title: 
     if out is not None:
         fig.savefig(Path(out) / "findings.png")
     return fig
+
+
+def plot_sources(sets: pd.DataFrame, out: str | Path | None = None, title: str = "") -> plt.Figure:
+    """What sources.md compares, drawn: a panel per row, a column per source of randomness, one dot per run
+    that varies that source alone and a bar at their mean accuracy; with `out`, also write sources.png."""
+    rows = list(dict.fromkeys(zip(sets["label"], sets["impl"], strict=True)))
+    fig, axes = plt.subplots(
+        1, len(rows), figsize=(1.5 + 3.5 * len(rows), 4.5), dpi=150, sharey=True, squeeze=False
+    )
+    for ax, (label, impl) in zip(axes[0], rows, strict=True):
+        panel = sets[(sets["label"] == label) & (sets["impl"] == impl)]
+        for x, accuracy in enumerate(panel["accuracy_pp"]):
+            ax.scatter([x] * len(accuracy), accuracy, s=20, color="tab:blue", alpha=0.7, zorder=3)
+            ax.hlines(sum(accuracy) / len(accuracy), x - 0.25, x + 0.25, color="0.3", lw=1.2, zorder=2)
+        names = [f"{s}\n({len(v)} values)" for s, v in zip(panel["source"], panel["values"], strict=True)]
+        ax.set_xticks(range(len(panel)), names, fontsize=8)
+        ax.set_xlim(-0.6, len(panel) - 0.4)
+        ax.set_title(f"{label} ({impl})", fontsize=9)
+        ax.grid(alpha=0.3, axis="y", lw=0.5)
+    axes[0][0].set_ylabel("test accuracy (%): a dot per run, a bar at the mean")
+    fig.suptitle(title, fontsize=10)
+    fig.tight_layout()
+    if out is not None:
+        fig.savefig(Path(out) / "sources.png")
+    return fig

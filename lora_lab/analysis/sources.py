@@ -15,6 +15,7 @@ import numpy as np
 import pandas as pd
 from scipy import special
 
+from lora_lab.analysis.plot import plot_sources
 from lora_lab.atomic import write_text_atomic
 from lora_lab.config import SEED_SOURCES
 
@@ -179,12 +180,11 @@ def to_markdown(table: pd.DataFrame, pairs: pd.DataFrame, master: pd.DataFrame |
 
 
 def write(
-    runs: pd.DataFrame, folder: str | Path, notes: list[str], master: pd.DataFrame | None
+    sets: pd.DataFrame, folder: str | Path, notes: list[str], master: pd.DataFrame | None, title: str = ""
 ) -> list[Path]:
-    """sources.md and sources.csv in `folder`, with the variance over the master seed of the same rows in
-    `master` (another study's runs) beside them; nothing when no run varies a source apart from the master
-    seed."""
-    sets = varied(runs)
+    """sources.md, sources.csv and sources.png in `folder` from the runs that vary one source alone
+    (`varied`), with the variance over the master seed of the same rows in `master` (another study's runs)
+    beside them; nothing when no run varies a source apart from the master seed."""
     if sets.empty:
         return []
     table = shares(sets)
@@ -196,4 +196,5 @@ def write(
         md, f"# Which source of randomness moves accuracy\n\n{body}\n" + "\n".join(notes) + "\n"
     )
     write_text_atomic(csv, table.to_csv(index=False, float_format="%.6g"))
-    return [md, csv]
+    plot_sources(sets, folder, title)
+    return [md, csv, Path(folder) / "sources.png"]
