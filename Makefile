@@ -20,7 +20,7 @@ test: .venv/installed
 	$(PY) -m mkdocs build --strict --site-dir $$(mktemp -d)
 	$(PY) -m pytest -q -n 2 --dist worksteal --durations=15 tests
 
-# The inner loop: everything but the tests marked slow (several seconds or more each), on both cores.
+# The inner loop: everything but the tests marked slow (a second or more each), on both cores.
 test-fast: .venv/installed
 	$(PY) -m pytest -q -n 2 --dist worksteal -m "not slow" tests
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 # One thread per test process, set before torch is imported, and inherited by every CLI subprocess a test
 # starts from os.environ: pytest-xdist runs one worker per core, and torch's default of one thread per core
@@ -12,19 +13,14 @@ for _var in ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS"):
     os.environ[_var] = "1"
 
 import pytest  # noqa: E402
-import torch  # noqa: E402
-from transformers import (  # noqa: E402
-    AutoModelForSequenceClassification,
-    BertConfig,
-    DistilBertConfig,
-    GPT2Config,
-    LlamaConfig,
-    Qwen2Config,
-)
 
 from lora_lab.families import FAMILIES  # noqa: E402
 
-torch.set_num_threads(1)
+if TYPE_CHECKING:
+    import torch
+
+# torch and transformers are imported where a fixture or helper needs them, not here: pytest-xdist's
+# controller loads this file too, and runs no test.
 
 REPO = Path(__file__).resolve().parent.parent
 ASSETS = Path(os.environ.get("LORA_LAB_ASSETS", REPO.parent / "shared"))
@@ -64,13 +60,13 @@ _DECODER = {  # Llama and Qwen2 take the same arguments
     "num_key_value_heads": 2,
     "pad_token_id": 0,
 }
-TINY_CONFIGS = {  # family: (config class, its arguments)
+TINY_CONFIGS = {  # family: (transformers' config class, its arguments)
     "distilbert": (
-        DistilBertConfig,
+        "DistilBertConfig",
         {"vocab_size": 100, "dim": 32, "hidden_dim": 64, "n_layers": 2, "n_heads": 2},
     ),
     "bert": (
-        BertConfig,
+        "BertConfig",
         {
             "vocab_size": 100,
             "hidden_size": 32,
@@ -80,15 +76,15 @@ TINY_CONFIGS = {  # family: (config class, its arguments)
         },
     ),
     "llama": (
-        LlamaConfig,
+        "LlamaConfig",
         _DECODER,
     ),
     "qwen2": (
-        Qwen2Config,
+        "Qwen2Config",
         _DECODER,
     ),
     "gpt2": (
-        GPT2Config,
+        "GPT2Config",
         {"vocab_size": 100, "n_embd": 32, "n_layer": 2, "n_head": 2, "n_positions": 64, "pad_token_id": 0},
     ),
 }
@@ -96,15 +92,20 @@ TINY_CONFIGS = {  # family: (config class, its arguments)
 
 def tiny_model(family: str, seed: int = 0, **overrides) -> torch.nn.Module:
     """A random-init 2-label classifier of `family`; `overrides` change its config (e.g. hidden_size)."""
+    import torch
+    import transformers
+
     torch.manual_seed(seed)
     config_class, arguments = TINY_CONFIGS[family]
-    return AutoModelForSequenceClassification.from_config(
-        config_class(**{**arguments, "num_labels": 2, **overrides})
+    return transformers.AutoModelForSequenceClassification.from_config(
+        getattr(transformers, config_class)(**{**arguments, "num_labels": 2, **overrides})
     )
 
 
 def batch(seed: int = 0, vocab: int = 100, n: int = 4, length: int = 12) -> dict[str, torch.Tensor]:
     """Token ids that avoid 0 (the pad id of the decoder configs), with a right-padded second row."""
+    import torch
+
     g = torch.Generator().manual_seed(seed)
     ids = torch.randint(1, vocab, (n, length), generator=g)
     mask = torch.ones_like(ids)

@@ -261,6 +261,7 @@ def test_point_labels_never_overlap(tmp_path) -> None:
     assert not any(a.overlaps(b) for i, a in enumerate(boxes) for b in boxes[i + 1 :])
 
 
+@pytest.mark.slow
 def test_wandb_source_reads_the_same_fields(tmp_path, monkeypatch) -> None:
     """What tracking.log_record puts in wandb (a record's scalar fields as the summary, its config as the
     config) reads back as the store's own frame of those records. The wandb server is out of reach here, so

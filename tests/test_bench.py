@@ -46,6 +46,7 @@ def test_rows_without_a_step_over_tokens_are_left_out(capsys) -> None:
 
 
 @pytest.mark.parametrize("order", ["sequential", "interleaved"])
+@pytest.mark.slow
 def test_sequential_order_holds_one_variant_at_a_time(order) -> None:
     live, most = set(), []
 
@@ -176,6 +177,7 @@ def test_an_unknown_method_is_refused_before_torch_is_imported(tmp_path) -> None
     assert not list(tmp_path.rglob("*.json"))
 
 
+@pytest.mark.slow
 def test_the_end_to_end_bench_runs_the_baselines_seven_runs() -> None:
     assert len(config.sweep_jobs(e2e.E2E_SWEEP)) == 7  # seven rows, one impl, one seed
     parallel = config.sweep_jobs([*e2e.E2E_SWEEP, *e2e.E2E_PARALLEL, "hydra.launcher.n_jobs=2"])

@@ -32,6 +32,7 @@ def test_launchers_compose(launcher: str, target: str) -> None:
     assert cfg.hydra.launcher._target_ == target
 
 
+@pytest.mark.slow
 def test_the_ablation_sweeps_the_reference_rows_in_its_order() -> None:
     reference = pd.read_csv(config.EXPERIMENTS_DIR / "imdb_rank_target" / "reference.csv")
     rows = config.sweep_rows("imdb_ablation")

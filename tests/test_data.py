@@ -113,6 +113,7 @@ def test_offline_mode_reads_the_cache_and_says_what_was_tried(tmp_path) -> None:
 
 
 @requires_assets
+@pytest.mark.slow
 def test_dev_split_holds_reviews_out_of_training_and_leaves_test_alone(tmp_path) -> None:
     folder = tmp_path / "imdb"
     folder.mkdir()

@@ -75,6 +75,7 @@ def test_nf4_base_computes_with_bitsandbytes_own_round_trip_of_each_weight() -> 
 
 
 @pytest.mark.parametrize("impl", ["ours", "peft"])
+@pytest.mark.slow
 def test_qlora_steps_reduce_the_loss_and_the_adapter_loads_on_the_float_base(impl: str, tmp_path) -> None:
     pytest.importorskip("bitsandbytes")
     cfg = compose([f"impl={impl}", "method=attn_ffn_r8", "dropout=0"])

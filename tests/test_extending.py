@@ -109,6 +109,7 @@ method:
 
 
 @requires_assets
+@pytest.mark.slow
 def test_a_lora_variant_added_by_the_documented_steps_runs_names_saves_and_tabulates(tmp_path, monkeypatch):
     (tmp_path / "conf" / "method").mkdir(parents=True)
     (tmp_path / "conf" / "method" / "toy_qv_r8.yaml").write_text(TOY_ROW)

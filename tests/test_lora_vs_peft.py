@@ -32,6 +32,7 @@ def test_trainable_counts_match_peft(family: str, preset: str) -> None:
 
 
 @requires_assets
+@pytest.mark.slow
 def test_real_minilm_matches_peft() -> None:
     model = AutoModelForSequenceClassification.from_pretrained(MINILM, num_labels=2)
     ours, peft = make_pair(model, "qv")

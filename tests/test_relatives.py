@@ -130,6 +130,7 @@ def test_prompt_learning_trains_through_peft(row: str) -> None:
         assert trainable == 20 * 32 + 32 * 2 + 2
 
 
+@pytest.mark.slow
 def test_runs_of_the_relatives_are_named_by_what_they_compute() -> None:
     def name(*overrides: str) -> str:
         return identity.run_name(compose(list(overrides)))

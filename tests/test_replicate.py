@@ -28,6 +28,7 @@ def report(out: Path) -> list[dict]:
 
 
 @requires_assets
+@pytest.mark.slow
 def test_replicate_finds_identical_runs_and_a_planted_change_drifted(tiny_study, tmp_path) -> None:
     before = {p: p.read_bytes() for p in tiny_study.rglob("*") if p.is_file()}
     replicate.main([str(tiny_study), "--runs", "1", "--out", str(tmp_path / "same")])
@@ -49,6 +50,7 @@ def test_replicate_finds_identical_runs_and_a_planted_change_drifted(tiny_study,
 
 
 @requires_assets
+@pytest.mark.slow
 def test_a_run_whose_data_changed_is_refused_in_one_line(tiny_study, tmp_path, capsys) -> None:
     path = next((tiny_study / "runs").glob("*seed0*.json"))
     record = json.loads(path.read_text())

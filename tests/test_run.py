@@ -356,6 +356,7 @@ def test_bad_input_gives_one_line_exit_2_and_no_files(
     assert not list((tmp_path / "results").rglob("*")), "bad input left files behind"
 
 
+@pytest.mark.slow
 def test_wandb_online_without_a_login_is_one_line_before_anything_loads(
     tmp_path, token_cache, monkeypatch, capsys
 ) -> None:
@@ -423,6 +424,7 @@ def fill_disk_at(where: str, monkeypatch) -> None:
 
 
 @pytest.mark.parametrize("where", ["adapter", "peft adapter", "predictions", "record"])
+@pytest.mark.slow
 def test_a_full_disk_leaves_nothing_half_written(tmp_path, token_cache, monkeypatch, capsys, where) -> None:
     fill_disk_at(where, monkeypatch)
     args = [*TINY_RUN, "impl=peft"] if where == "peft adapter" else TINY_RUN

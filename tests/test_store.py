@@ -15,6 +15,7 @@ def name(*overrides: str) -> str:
     return identity.run_name(config.compose(list(overrides)))
 
 
+@pytest.mark.slow
 def test_lora_settings_do_not_split_head_only_and_full_runs() -> None:
     for row in ("head_only", "full"):
         assert name(f"method={row}", "impl=ours") == name(
@@ -26,6 +27,7 @@ def test_lora_settings_do_not_split_head_only_and_full_runs() -> None:
         assert name(f"method={row}", f"{alias}=1e-2") != name(f"method={row}")
 
 
+@pytest.mark.slow
 def test_lora_runs_differ_by_impl_rank_seed_and_data_but_not_by_display_settings() -> None:
     base = name("method=qv_r8")
     assert base.startswith("qv_r8-ours-seed0-")
@@ -40,6 +42,7 @@ def test_lora_runs_differ_by_impl_rank_seed_and_data_but_not_by_display_settings
     assert name("method=qv_r8", "trainer.progress=false", "force=true", "logger=wandb") == base
 
 
+@pytest.mark.slow
 def test_where_files_are_found_is_not_identity_and_new_null_settings_change_nothing() -> None:
     base = name("method=qv_r8")
     assert name("method=qv_r8", "data.cache_dir=/elsewhere", "model.local.path=other/folder") == base
