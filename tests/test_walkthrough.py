@@ -52,8 +52,8 @@ def shrunk(words: list[str], comment: str) -> list[str]:
 @pytest.mark.slow
 def test_readme_commands_run_in_order(tmp_path, monkeypatch, capsys) -> None:
     """Each `python -m MODULE ...` line in this process (the same entry point, without an interpreter's start
-    each); the line that needs the Hub with the Hub unreachable (test_run checks the real probe of it through
-    the command line, in a subprocess)."""
+    each); the line that needs the Hub with the Hub unreachable (test_run makes the real probe of a refusing
+    endpoint through the same command line, test_data through a fresh interpreter)."""
     commands = readme_commands()
     assert len(commands) >= 8, "the README's block of commands went missing"
     monkeypatch.setenv("LORA_LAB_ASSETS", str(ASSETS))  # the block's `export` line, as an absolute path
