@@ -279,13 +279,13 @@ def fingerprint(frame: pd.DataFrame) -> Fingerprint:
 
 def _tokenizer_fingerprint(tokenizer: PreTrainedTokenizerBase) -> str:
     """What decides the token ids: the fast tokenizer's definition without its call-time truncation and
-    padding state (which changes after the first call), or the vocabulary for a slow tokenizer."""
+    padding state (which changes after the first call), or the vocabulary for a slow tokenizer. The definition
+    is hashed in the order `to_str` writes it, the same for the same tokenizer in every process (sorting a
+    whole vocabulary's keys again was most of the cost)."""
     backend = getattr(tokenizer, "backend_tokenizer", None)
     if backend is not None:
         spec = json.loads(backend.to_str())
-        body = json.dumps(
-            {k: v for k, v in spec.items() if k not in ("truncation", "padding")}, sort_keys=True
-        )
+        body = json.dumps({k: v for k, v in spec.items() if k not in ("truncation", "padding")})
     else:
         body = repr(sorted(tokenizer.get_vocab().items()))
     return f"{type(tokenizer).__name__}:{tokenizer.padding_side}:{hashlib.sha256(body.encode()).hexdigest()}"
