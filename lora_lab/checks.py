@@ -2,7 +2,9 @@
 
 This module and the ones it imports (config, methods, families, lora.settings, tracking) import neither torch
 nor transformers: `python -m lora_lab.run` runs these checks before it imports the training pipeline
-(recipe.py). What needs a model or data (shapes, the vocabulary, the data source) is checked where it loads.
+(recipe.py). `check_shapes` takes a model's config, which a sweep reads once per model before any job starts
+(transformers' config classes import torch, but not the training pipeline); the vocabulary and the data source
+are checked where they load.
 """
 
 from __future__ import annotations
@@ -96,3 +98,19 @@ def check_data(cfg: DictConfig) -> None:
         cfg.eval_size,
         "a number of reviews to hold out of the train split with data.eval_split=dev",
     )
+
+
+def positions_of(shape: object) -> int:
+    """How many positions a model's config allows (0: no limit it states); GPT-2 calls them n_positions."""
+    return int(getattr(shape, "max_position_embeddings", None) or getattr(shape, "n_positions", None) or 0)
+
+
+def check_shapes(shape: object, cfg: DictConfig, vocab: int | None = None) -> None:
+    """What a model's config must allow of the data: `data.max_length` positions, and the tokenizer's `vocab`
+    ids. Works from the config alone, so a sweep checks it for every job before its first one trains."""
+    positions = positions_of(shape)
+    ok = not positions or cfg.data.max_length <= positions
+    require(ok, "data.max_length", cfg.data.max_length, f"at most the model's {positions} positions")
+    size = getattr(shape, "vocab_size", None)
+    ok = vocab is None or size is None or vocab <= size
+    require(ok, "model.config.vocab_size", size, f"at least the tokenizer's {vocab} tokens, or unset")

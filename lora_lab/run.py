@@ -56,15 +56,14 @@ def check_sweep(jobs: list[list[str]]) -> None:
     composed = [config.compose(job) for job in jobs]
     for cfg in composed:
         checks.check(cfg)
-    from lora_lab.build import check_shapes  # transformers: only once every job's settings passed
-    from lora_lab.models import load_config
+    from lora_lab.models import load_config  # transformers: only once every job's settings passed
 
     shapes: dict[str, object] = {}
     for cfg in composed:
         key = OmegaConf.to_yaml(cfg.model)
         if key not in shapes:
             shapes[key] = load_config(cfg.model)
-        check_shapes(shapes[key], cfg)
+        checks.check_shapes(shapes[key], cfg)
 
 
 def multirun_first(argv: list[str]) -> list[str]:

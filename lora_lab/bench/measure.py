@@ -16,7 +16,7 @@ from lora_lab.atomic import write_text_atomic
 from lora_lab.bench.e2e import bench_e2e
 from lora_lab.bench.memory import bench_memory, memory_child
 from lora_lab.bench.timing import bench_inference, bench_training
-from lora_lab.build import positions_of
+from lora_lab.checks import positions_of
 from lora_lab.hardware import pick_cheap_dropout, pick_device, pick_precision
 
 
