@@ -17,9 +17,9 @@ pytestmark = requires_assets
 
 SIZES = ("data.train_size", "data.eval_size", "data.max_length", "trainer.epochs")
 TINY = [
-    "data.train_size=16",
-    "data.eval_size=16",
-    "data.max_length=32",
+    "data.train_size=8",
+    "data.eval_size=8",
+    "data.max_length=16",
     "trainer.epochs=1",
     "trainer.progress=false",
 ]
