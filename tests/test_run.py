@@ -66,7 +66,7 @@ def test_ours_and_peft_train_the_same_curve_with_dropout_on_real_minilm(tmp_path
 
     monkeypatch.setenv("LORA_LAB_ASSETS", str(ASSETS))
     overrides = [
-        *("model=minilm", "data.train_size=64", "data.eval_size=64", "data.max_length=64"),
+        *("model=minilm", "data.train_size=64", "data.eval_size=64", "data.max_length=32"),
         *("trainer.epochs=1", "trainer.progress=false", "trainer.log_every=1", "trainer.cheap_dropout=false"),
         *("method.lr=1e-3", f"results_dir={tmp_path}", f"data.cache_dir={token_cache}"),
     ]
