@@ -80,7 +80,8 @@ def cli() -> None:
     """`python -m lora_lab.run`: Hydra's main with user errors as one line on stderr and exit code 2.
 
     HYDRA_FULL_ERROR=1 is set for Hydra so that its own errors (bad overrides, unknown groups) reach this
-    function instead of Hydra's multi-line report."""
+    function instead of Hydra's multi-line report. The settings are checked before Hydra's main, which
+    composes the config twice (once to read its mode) before the run's own check could refuse a bad value."""
     os.environ["HYDRA_FULL_ERROR"] = "1"
     os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")  # hydra/launcher=ray: no usage report home
     try:
@@ -90,6 +91,8 @@ def cli() -> None:
         config.check_additions(arguments)
         if {"-m", "--multirun"} & set(sys.argv[1:]):  # every job's settings, before hours of the first ones
             check_sweep(config.sweep_jobs(arguments))
+        elif arguments == sys.argv[1:]:  # one run, no Hydra flag (--cfg, --help): its settings, before Hydra
+            checks.check(config.compose([a for a in arguments if not a.lstrip("+~").startswith("hydra")]))
         main()
     except (*USER_ERRORS, OSError) as err:
         refuse(err)

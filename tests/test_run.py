@@ -383,6 +383,21 @@ def test_a_bad_value_is_refused_before_torch_or_transformers_is_imported(tmp_pat
     assert out.stderr.strip().splitlines()[-1].startswith("error: trainer.epochs=0 is not allowed")
 
 
+def test_a_bad_value_is_refused_before_hydras_main_and_cfg_job_still_shows_it(
+    tmp_path, token_cache, monkeypatch, capsys
+) -> None:
+    """Hydra's main composes twice before the run's own check; the command line refuses first. With a Hydra
+    flag (`--cfg job`), Hydra's main runs as before and shows the config as given."""
+    hydra_main = sys.modules["hydra.main"]  # the module (the package's `hydra.main` is the decorator)
+    started = []
+    real = hydra_main._run_hydra
+    monkeypatch.setattr(hydra_main, "_run_hydra", lambda **kw: started.append(1) or real(**kw))
+    assert in_process(tmp_path, token_cache, monkeypatch, ["trainer.epochs=0"]) == 2
+    assert not started and "trainer.epochs=0 is not allowed" in capsys.readouterr().err
+    assert in_process(tmp_path, token_cache, monkeypatch, ["--cfg", "job", "trainer.epochs=0"]) == 0
+    assert started and "epochs: 0" in capsys.readouterr().out
+
+
 def disk_full(path: object) -> OSError:
     return OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(path))
 
