@@ -58,7 +58,12 @@ def sweep_jobs(arguments: Sequence[str]) -> list[list[str]]:
         cfg = hydra_compose("config", overrides=plain, return_hydra_config=True)
     params = [f"{key}={value}" for key, value in (cfg.hydra.sweeper.params or {}).items()]
     batches = BasicSweeper.split_arguments(parser.parse_overrides([*params, *arguments]), None)
-    return [[o for o in job if not o.lstrip("+~").startswith("hydra")] for batch in batches for job in batch]
+    return [without_hydra(job) for batch in batches for job in batch]
+
+
+def without_hydra(overrides: Sequence[str]) -> list[str]:
+    """The overrides a run's own config reads: Hydra's settings (`hydra.*`, `hydra/launcher=...`) left out."""
+    return [o for o in overrides if not o.lstrip("+~").startswith("hydra")]
 
 
 def setting_names() -> list[str]:

@@ -92,7 +92,7 @@ def cli() -> None:
         if {"-m", "--multirun"} & set(sys.argv[1:]):  # every job's settings, before hours of the first ones
             check_sweep(config.sweep_jobs(arguments))
         elif arguments == sys.argv[1:]:  # one run, no Hydra flag (--cfg, --help): its settings, before Hydra
-            checks.check(config.compose([a for a in arguments if not a.lstrip("+~").startswith("hydra")]))
+            checks.check(config.compose(config.without_hydra(arguments)))
         main()
     except (*USER_ERRORS, OSError) as err:
         refuse(err)
