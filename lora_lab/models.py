@@ -10,7 +10,9 @@ from __future__ import annotations
 import functools
 import hashlib
 import logging
+import os
 import warnings
+from collections.abc import Callable
 from pathlib import Path
 
 import transformers
@@ -80,8 +82,11 @@ def load_tokenizer(cfg: DictConfig) -> PreTrainedTokenizerBase:
     """The model's tokenizer (or `cfg.tokenizer`'s, for random-init test models), with a pad token."""
     src = cfg.tokenizer or cfg
     source = assets.resolve(src.name, src.get("local"), "the tokenizer of", _offline_hint)
+    gguf = gguf_file(src, source)
+    if gguf:
+        _speed_up_gguf_loading()
     try:
-        tokenizer = AutoTokenizer.from_pretrained(source, gguf_file=gguf_file(src, source))
+        tokenizer = AutoTokenizer.from_pretrained(source, gguf_file=gguf)
     except OSError as err:
         raise FileNotFoundError(
             f"tokenizer for model {src.name!r}: {assets.describe_lookup(src.name, src.get('local'))}"
@@ -115,7 +120,7 @@ def load_config(cfg: DictConfig, num_labels: int = 2) -> PretrainedConfig:
     source = on_disk or assets.resolve(cfg.name, cfg.get("local"), "model", _offline_hint)
     gguf = gguf_file(cfg, source)
     if gguf:
-        _share_gguf_name_maps()
+        _speed_up_gguf_loading()
     try:
         return AutoConfig.from_pretrained(source, num_labels=num_labels, gguf_file=gguf, **overrides)
     except OSError as err:
@@ -124,16 +129,41 @@ def load_config(cfg: DictConfig, num_labels: int = 2) -> PretrainedConfig:
         ) from err
 
 
-def _share_gguf_name_maps() -> None:
-    """transformers builds gguf's tensor-name map again for every module it walks while reading a GGUF file
-    (hundreds of times a load, most of the load's time). The map depends only on the architecture and the
-    layer count, so one is built per pair and shared; the weights loaded are the same."""
+def _speed_up_gguf_loading() -> None:
+    """Two costs of transformers' GGUF loading, each paid once instead of hundreds or three times; the weights
+    loaded are the same.
+
+    - It builds gguf's tensor-name map again for every module it walks. The map depends only on the
+      architecture and the layer count, so one is built per pair and shared.
+    - It opens the file anew for the tokenizer, the config and the weights, and gguf's reader parses all the
+      metadata each time (the tokenizer's vocabulary one entry at a time: most of a small model's load). The
+      reader only reads, so the last file opened is kept, for as long as its size and mtime stay the same."""
     try:
         import gguf
     except ImportError:  # transformers says what to install when it reads the file
         return
     if not hasattr(gguf.get_tensor_name_map, "cache_info"):
         gguf.get_tensor_name_map = functools.cache(gguf.get_tensor_name_map)
+    if not hasattr(gguf.GGUFReader, "cache_info"):
+        gguf.GGUFReader = _kept_reader(gguf.GGUFReader)
+
+
+def _kept_reader(reader: type) -> Callable:
+    """`reader(path)` for read-only opens, keeping the last file's reader (see _speed_up_gguf_loading)."""
+
+    @functools.lru_cache(maxsize=1)
+    def opened(path: str, size: int, mtime_ns: int) -> object:
+        return reader(path)
+
+    @functools.wraps(reader)
+    def open_(path: str | os.PathLike, mode: str = "r") -> object:
+        if mode != "r":
+            return reader(path, mode)
+        stat = os.stat(path)
+        return opened(os.fspath(path), stat.st_size, stat.st_mtime_ns)
+
+    open_.cache_info = opened.cache_info  # type: ignore[attr-defined]
+    return open_
 
 
 def load_model(cfg: DictConfig, num_labels: int = 2, pad_token_id: int | None = None) -> nn.Module:

@@ -14,7 +14,7 @@ from conftest import ASSETS, IMDB, requires_assets
 from lora_lab import data, methods, models
 from lora_lab.config import compose
 
-pytestmark = pytest.mark.slow  # the GGUF file is dequantised once for the module: tens of seconds
+pytestmark = pytest.mark.slow  # the GGUF file is read and dequantised once for the module
 SMOLLM = ASSETS / "models" / "smollm2-135m-instruct-q4_1"
 
 
@@ -48,9 +48,10 @@ def test_the_record_names_the_gguf_weights_and_their_hash(smollm) -> None:
     )
     assert weights["sha256"] == hashlib.sha256(gguf.read_bytes()).hexdigest()
     assert type(model).__name__ == "LlamaForSequenceClassification" and model.config.num_hidden_layers == 30
-    from gguf import get_tensor_name_map  # as transformers imports it: the loader's shared maps
+    from gguf import GGUFReader, get_tensor_name_map  # as transformers imports them: the loader's shared ones
 
     assert get_tensor_name_map.cache_info().hits > 100  # one map built, reused for each module walked
+    assert GGUFReader.cache_info().hits >= 2  # parsed for the tokenizer, then kept for config and weights
 
 
 @requires_assets
