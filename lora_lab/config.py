@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import copy
 import difflib
 import os
 import re
@@ -15,6 +16,7 @@ from hydra import compose as hydra_compose
 from hydra import initialize_config_dir
 from hydra._internal.core_plugins.basic_sweeper import BasicSweeper
 from hydra.core.override_parser.overrides_parser import OverridesParser
+from hydra.core.override_parser.types import Override
 from hydra.errors import HydraException, MissingConfigException, OverrideParseException
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
@@ -38,6 +40,41 @@ def compose(overrides: Sequence[str] = ()) -> DictConfig:
     """The config `python -m lora_lab.run <overrides>` would see, without running anything."""
     with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
         return hydra_compose(config_name="config", overrides=list(overrides))
+
+
+def compose_jobs(jobs: Sequence[Sequence[str]]) -> list[DictConfig]:
+    """Each job's config as `compose(job)` gives it, composed once per choice of config groups: a sweep's
+    jobs mostly differ in plain values (seed, rank, lora_lr), which are set on a copy of their choice's config
+    in order, as Hydra sets them after composing. A job that adds or deletes keys is composed whole, and so is
+    one with a value for a key that is not there, so that Hydra's own error names it."""
+    parser = OverridesParser.create()
+    composed: dict[tuple[str, ...], DictConfig] = {}
+    out = []
+    for job in jobs:
+        overrides = parser.parse_overrides(list(job))
+        groups = tuple(o.input_line for o in overrides if _is_group(o))
+        values = [o for o in overrides if not _is_group(o)]
+        if any(o.is_delete() or o.is_add() or o.is_force_add() for o in values):
+            out.append(compose(job))
+            continue
+        if groups not in composed:
+            composed[groups] = compose(groups)
+        cfg = copy.deepcopy(composed[groups])
+        try:
+            for override in values:
+                OmegaConf.update(cfg, override.key_or_group, override.value(), merge=True)
+        except OmegaConfBaseException:
+            cfg = compose(job)
+        out.append(cfg)
+    return out
+
+
+GROUPS = frozenset(p.name for p in CONF_DIR.iterdir() if p.is_dir())  # model, method, experiment, ...
+
+
+def _is_group(override: Override) -> bool:
+    """Whether an override chooses a config group (method=qv_r8, hydra/launcher=ray), not a value."""
+    return override.package is not None or override.key_or_group.split("/")[0] in GROUPS
 
 
 def sweep_rows(experiment: str) -> list[str]:

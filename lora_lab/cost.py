@@ -21,8 +21,8 @@ def runs_of(experiment: str) -> dict[tuple[str, str], tuple[list[str], int]]:
     """(row, impl): one of its sweep jobs and how many distinct runs it holds. Jobs that compose the same run
     (head-only swept over impl=ours,peft: the second finds the first's record) count once."""
     rows: dict[tuple[str, str], tuple[list[str], set[str]]] = {}
-    for job in config.sweep_jobs([f"experiment={experiment}"]):
-        cfg = config.compose(job)
+    jobs = config.sweep_jobs([f"experiment={experiment}"])
+    for job, cfg in zip(jobs, config.compose_jobs(jobs), strict=True):
         method = methods.of(cfg)
         rows.setdefault((method.row(cfg), method.impl(cfg) or "—"), (job, set()))[1].add(
             identity.run_name(cfg)

@@ -53,7 +53,7 @@ def refuse(err: BaseException) -> None:
 def check_sweep(jobs: list[list[str]]) -> None:
     """Every job's settings, then its data against its model's shapes (from each model's config, read once),
     before the first job trains."""
-    composed = [config.compose(job) for job in jobs]
+    composed = config.compose_jobs(jobs)
     for cfg in composed:
         checks.check(cfg)
     from lora_lab.models import load_config  # transformers: only once every job's settings passed

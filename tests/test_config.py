@@ -8,6 +8,8 @@ import re
 import pandas as pd
 import pytest
 from hydra import compose, initialize_config_dir
+from hydra.errors import HydraException
+from omegaconf import OmegaConf
 
 from lora_lab import config, identity, methods, run, schema
 from lora_lab.analysis import claims as claims_module
@@ -145,3 +147,24 @@ def test_multirun_flag_moves_before_the_overrides_and_force_adding_a_real_key_is
     config.check_additions(["++rank=4", "+model.config.vocab_size=100", "rank=8"])  # none refused
     with pytest.raises(ValueError, match="reads no setting 'trainer.epoch'"):
         config.check_additions(["++trainer.epoch=1"])
+
+
+@pytest.mark.slow
+def test_composing_once_per_choice_of_groups_gives_each_job_its_own_config() -> None:
+    """compose_jobs' shortcut, held to composing each job: a sweep over a group and plain values, with an
+    interpolation that follows one (alpha: 2 * rank) and a null."""
+    arguments = ["method=head_only,qv_r8", "seed=0,3", "rank=4,16", "method.lr=null,1e-2", "lora_lr=3e-3"]
+    jobs = config.sweep_jobs(["experiment=smoke", *arguments])
+    assert len(jobs) == 16
+    for job, cfg in zip(jobs, config.compose_jobs(jobs), strict=True):
+        each = config.compose(job)
+        assert OmegaConf.to_container(cfg) == OmegaConf.to_container(each), job
+        assert OmegaConf.to_container(cfg, resolve=True) == OmegaConf.to_container(each, resolve=True), job
+
+
+def test_a_job_compose_jobs_cannot_take_a_shortcut_for_is_composed_whole() -> None:
+    """An addition is Hydra's to make; a value for a key that is not there gets Hydra's own error."""
+    [added] = config.compose_jobs([["experiment=smoke", "+model.local.path=elsewhere"]])
+    assert added.model.local.path == "elsewhere"
+    with pytest.raises(HydraException, match=r"Could not override 'trainer.epoch'"):
+        config.compose_jobs([["experiment=smoke", "seed=1"], ["experiment=smoke", "trainer.epoch=3"]])

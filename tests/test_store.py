@@ -2,11 +2,7 @@
 
 from __future__ import annotations
 
-import copy
-
 import pytest
-from hydra.core.override_parser.overrides_parser import OverridesParser
-from omegaconf import DictConfig, OmegaConf
 
 from lora_lab import config, identity, schema
 
@@ -80,25 +76,10 @@ EXTRA_SWEEPS = {  # experiments/imdb_seed_sources/sweep.sh: one source at a time
 }
 
 
-GROUPS = {p.name for p in config.CONF_DIR.iterdir() if p.is_dir()}  # method, model, experiment, ...
-
-
 def sweep_names(experiment: str, extra: list[str]) -> set[str]:
-    """The run names a sweep composes. Jobs that differ only in plain values (`seed`, `lora_lr`, `method.lr`:
-    no config group) share one compose, and take those values after it as the command line would give them
-    (last, parsed by Hydra's own parser). So the test composes each choice of config groups once."""
-    parser = OverridesParser.create()
-    names = set()
-    composed: dict[tuple[str, ...], DictConfig] = {}
-    for job in config.sweep_jobs([f"experiment={experiment}", *extra]):
-        groups = tuple(o for o in job if o.split("=", 1)[0] in GROUPS)
-        if groups not in composed:
-            composed[groups] = config.compose(list(groups))
-        cfg = copy.deepcopy(composed[groups])
-        for override in parser.parse_overrides([o for o in job if o not in groups]):
-            OmegaConf.update(cfg, override.key_or_group, override.value())
-        names.add(identity.run_name(cfg))
-    return names
+    """The run names a sweep of `experiment` with `extra` on its command line composes."""
+    jobs = config.sweep_jobs([f"experiment={experiment}", *extra])
+    return {identity.run_name(cfg) for cfg in config.compose_jobs(jobs)}
 
 
 @pytest.mark.slow
@@ -117,16 +98,6 @@ def test_each_studys_committed_records_keep_the_names_its_sweep_composes() -> No
     for folder, names in composed.items():
         assert committed[folder] <= names, (folder, sorted(committed[folder] - names))
     assert len(composed) >= 5  # imdb_rank_target (and its lr pilot), imdb_methods (and its lr pilot), ...
-
-
-@pytest.mark.slow
-def test_composing_once_per_choice_of_groups_names_runs_as_composing_each_job_does() -> None:
-    """The identity test's shortcut, held to the real thing on a sweep over groups and plain values."""
-    arguments = ["method=head_only,qv_r8", "seed=0,3", "lora_lr=1e-3,3e-3", "rank=4,16"]
-    arguments.append("method.lr=null,1e-2")
-    names = {name(*job) for job in config.sweep_jobs(["experiment=smoke", *arguments])}
-    assert len(names) == 4 + 16  # head-only reads no lora_lr or rank; alpha follows rank
-    assert sweep_names("smoke", arguments) == names
 
 
 def test_fields_outside_the_schema_are_named() -> None:
