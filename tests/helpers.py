@@ -4,6 +4,7 @@ or in this process. (Fixtures live in conftest.py.)"""
 from __future__ import annotations
 
 import copy
+import functools
 import os
 import runpy
 import subprocess
@@ -15,7 +16,7 @@ from conftest import ASSETS, batch
 from hydra.core.global_hydra import GlobalHydra
 from peft import LoraConfig, PeftModel, TaskType, get_peft_model
 
-from lora_lab import assets
+from lora_lab import assets, config
 from lora_lab.families import family_of
 from lora_lab.lora import apply_lora
 
@@ -164,3 +165,10 @@ def in_process(tmp_path: Path, cache: Path, monkeypatch, args: list[str]) -> int
     monkeypatch.setattr(assets, "unreachable", lambda url: "no network in this test")
     monkeypatch.chdir(tmp_path)
     return run_module("lora_lab.run", [*args, f"results_dir={tmp_path / 'results'}"], monkeypatch)
+
+
+@functools.cache
+def experiment_folders() -> dict[str, str]:
+    """Each experiment file's results folder, composed once per test process (several tests read it)."""
+    paths = sorted((config.CONF_DIR / "experiment").glob("*.yaml"))
+    return {p.stem: config.compose([f"experiment={p.stem}"]).experiment_name for p in paths}

@@ -2,11 +2,11 @@
 
 from __future__ import annotations
 
-import functools
 import re
 
 import pandas as pd
 import pytest
+from helpers import experiment_folders
 from hydra import compose, initialize_config_dir
 from hydra.errors import HydraException
 from omegaconf import OmegaConf
@@ -86,13 +86,6 @@ def test_the_learning_rate_setting_a_row_answers_to() -> None:
     assert methods.lr_setting(config.compose(["method=full"])) == "full_lr"
     assert methods.lr_setting(config.compose(["method=pissa_attn_ffn_r8"])) == "method.lr"
     assert methods.lr_setting(config.compose(["method=qv_r8", "method.lr=1e-3"])) == "method.lr"
-
-
-@functools.cache
-def experiment_folders() -> dict[str, str]:
-    """Each experiment file's results folder (composed once per test process)."""
-    paths = sorted((config.CONF_DIR / "experiment").glob("*.yaml"))
-    return {p.stem: config.compose([f"experiment={p.stem}"]).experiment_name for p in paths}
 
 
 @pytest.mark.slow

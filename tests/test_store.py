@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import pytest
+from helpers import experiment_folders
 
 from lora_lab import config, identity, schema
 
@@ -87,14 +88,13 @@ def test_each_studys_committed_records_keep_the_names_its_sweep_composes() -> No
     """A change to the configs or the identity that would make a study rerun its finished runs fails here."""
     composed: dict[str, set[str]] = {}  # a results folder: the names its experiments' sweeps compose
     committed: dict[str, set[str]] = {}  # a results folder: the names of its committed records
-    for path in sorted((config.CONF_DIR / "experiment").glob("*.yaml")):
-        folder = config.compose([f"experiment={path.stem}"]).experiment_name
+    for experiment, folder in experiment_folders().items():
         runs = config.CONF_DIR.parent / "results" / folder / "runs"
         committed[folder] = {p.stem for p in runs.glob("*.json")}
         if not committed[folder]:
             continue  # nothing committed that a rename could orphan: skip its sweep's composes
-        for extra in EXTRA_SWEEPS.get(path.stem, [[]]):
-            composed.setdefault(folder, set()).update(sweep_names(path.stem, extra))
+        for extra in EXTRA_SWEEPS.get(experiment, [[]]):
+            composed.setdefault(folder, set()).update(sweep_names(experiment, extra))
     for folder, names in composed.items():
         assert committed[folder] <= names, (folder, sorted(committed[folder] - names))
     assert len(composed) >= 5  # imdb_rank_target (and its lr pilot), imdb_methods (and its lr pilot), ...
