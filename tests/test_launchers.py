@@ -4,6 +4,7 @@ itself, and a resubmitted sweep runs only what is missing."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
@@ -116,28 +117,56 @@ def test_a_ray_cluster_runs_the_sweep_and_writes_the_same_records(tmp_path, basi
             "+hydra.launcher.ray.init.object_store_memory=null",  # 1.2.2 passes it; a joined cluster refuses
             env=LOOPBACK_RAY,
         )
-    finally:
-        subprocess.run([str(ray), "stop", "--force"], env=env, capture_output=True, timeout=120)
+    finally:  # this cluster's processes only (`ray stop` stops every cluster on the host, and waits seconds)
+        stop(cluster_processes(port))
     assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
     assert records(tmp_path) == basic
 
 
-def job_processes(root: int) -> list[int]:
-    """submitit's job processes below `root` (read from /proc)."""
-    children: dict[int, list[int]] = {}
+def process_table() -> dict[int, tuple[int, bytes]]:
+    """Each process's parent and command line, read from /proc."""
+    table = {}
     for stat in Path("/proc").glob("[0-9]*/stat"):
         try:
-            fields = stat.read_text().rsplit(")", 1)[1].split()
+            parent = int(stat.read_text().rsplit(")", 1)[1].split()[1])
+            table[int(stat.parent.name)] = (parent, (stat.parent / "cmdline").read_bytes())
         except OSError:
             continue
-        children.setdefault(int(fields[1]), []).append(int(stat.parent.name))
-    found, todo = [], [root]
+    return table
+
+
+def below(roots: list[int], table: dict[int, tuple[int, bytes]]) -> list[int]:
+    """Every process started by one of `roots`, or by one of those, and so on."""
+    found, todo = [], list(roots)
     while todo:
-        for pid in children.get(todo.pop(), []):
-            todo.append(pid)
-            try:
-                if b"submitit" in Path(f"/proc/{pid}/cmdline").read_bytes():
-                    found.append(pid)
-            except OSError:
-                pass
+        parent = todo.pop()
+        children = [pid for pid, (ppid, _) in table.items() if ppid == parent]
+        found += children
+        todo += children
     return found
+
+
+def job_processes(root: int) -> list[int]:
+    """submitit's job processes below `root`."""
+    table = process_table()
+    return [pid for pid in below([root], table) if b"submitit" in table[pid][1]]
+
+
+def cluster_processes(port: int) -> list[int]:
+    """The processes of the Ray cluster on `port`: those given its address or port (GCS, raylet, monitors),
+    and what they started (agents, workers)."""
+    table = process_table()
+    marks = (f"127.0.0.1:{port}".encode(), f"port={port}".encode())
+    named = [pid for pid, (_, cmd) in table.items() if any(m in cmd for m in marks)]
+    return named + below(named, table)
+
+
+def stop(pids: list[int]) -> None:
+    """SIGKILL, as `ray stop --force` sends, and wait until each is gone."""
+    assert pids, "no process of the cluster found to stop"
+    for pid in pids:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGKILL)
+    deadline = time.time() + 60
+    while any(Path(f"/proc/{pid}").exists() for pid in pids) and time.time() < deadline:
+        time.sleep(0.1)
