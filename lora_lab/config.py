@@ -42,6 +42,14 @@ def compose(overrides: Sequence[str] = ()) -> DictConfig:
         return hydra_compose(config_name="config", overrides=list(overrides))
 
 
+GROUPS = frozenset(p.name for p in CONF_DIR.iterdir() if p.is_dir())  # model, method, experiment, ...
+
+
+def _is_group(override: Override) -> bool:
+    """Whether an override chooses a config group (method=qv_r8, hydra/launcher=ray), not a value."""
+    return override.package is not None or override.key_or_group.split("/")[0] in GROUPS
+
+
 def compose_jobs(jobs: Sequence[Sequence[str]]) -> list[DictConfig]:
     """Each job's config as `compose(job)` gives it, composed once per choice of config groups: a sweep's
     jobs mostly differ in plain values (seed, rank, lora_lr), which are set on a copy of their choice's config
@@ -67,14 +75,6 @@ def compose_jobs(jobs: Sequence[Sequence[str]]) -> list[DictConfig]:
             cfg = compose(job)
         out.append(cfg)
     return out
-
-
-GROUPS = frozenset(p.name for p in CONF_DIR.iterdir() if p.is_dir())  # model, method, experiment, ...
-
-
-def _is_group(override: Override) -> bool:
-    """Whether an override chooses a config group (method=qv_r8, hydra/launcher=ray), not a value."""
-    return override.package is not None or override.key_or_group.split("/")[0] in GROUPS
 
 
 def sweep_rows(experiment: str) -> list[str]:
