@@ -3,6 +3,11 @@
 The same Linear4bit modules serve both impls: PEFT wraps them with its bitsandbytes LoRA layer, ours wraps
 them with LoRALinear (Linear4bit is an nn.Linear). bitsandbytes >= 0.46 runs NF4 on the CPU too (slowly,
 without its optional kernels), so the path is testable here; the compute dtype follows the run's precision.
+
+On a CPU with AVX512-BF16, bitsandbytes would repack a layer's weights in place the first time it runs in eval
+mode without gradients, and from then on multiply with bf16 block scales: evaluation would then compute what
+training did not, differently from host to host, and a layer under 64 inputs or with outputs not a multiple of
+32 would fail. We turn that path off, so that every host computes the same de-quantised product.
 """
 
 from __future__ import annotations
@@ -46,6 +51,7 @@ def quantize_nf4(
         if linear.bias is not None:
             q.bias = nn.Parameter(linear.bias.data.float(), requires_grad=False)
         q = q.to(linear.weight.device)  # bitsandbytes quantises when the weight is moved to its device
+        q.support_avx512bf16_for_cpu = False  # the attribute its forward reads (see the module docstring)
         parent, _, child = name.rpartition(".")
         setattr(model.get_submodule(parent), child, q)
     model.is_loaded_in_4bit = (

@@ -120,6 +120,15 @@ def family(request) -> str:
     return request.param
 
 
+@pytest.fixture
+def bnb_on_avx512_bf16(monkeypatch):
+    """bitsandbytes, told that this CPU has AVX512-BF16 (which would switch its Linear4bit to a packed bf16
+    path on those hosts only), so that a 4-bit test checks the same thing on every host."""
+    bnb = pytest.importorskip("bitsandbytes")
+    monkeypatch.setattr(bnb.nn.modules, "has_avx512bf16", lambda: True)
+    return bnb
+
+
 @pytest.fixture(scope="session")
 def token_cache(tmp_path_factory) -> Path:
     """One tokenisation cache for the whole session, as a sweep would share one."""

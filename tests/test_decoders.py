@@ -47,17 +47,17 @@ def nf4_llama(seed: int = 0) -> torch.nn.Module:
     return tiny_model("llama", seed, hidden_size=64, intermediate_size=128)
 
 
-def test_nf4_base_computes_with_bitsandbytes_own_round_trip_of_each_weight() -> None:
+def test_nf4_base_computes_with_bitsandbytes_own_round_trip_of_each_weight(bnb_on_avx512_bf16) -> None:
     """Each quantised layer holds what bitsandbytes' functional API makes of that weight (quantize_4bit then
     dequantize_4bit, the same block size), and the 4-bit model computes exactly what a float model holding
-    those de-quantised weights computes: its whole difference from the float base is NF4's rounding."""
-    bnb = pytest.importorskip("bitsandbytes")
-    functional = bnb.functional
+    those de-quantised weights computes: its whole difference from the float base is NF4's rounding. (In eval
+    mode without gradients too, where bitsandbytes would switch to its bf16 path on an AVX512-BF16 CPU.)"""
+    functional = bnb_on_avx512_bf16.functional
     base = nf4_llama().eval()
     q = quant.quantize_nf4(copy.deepcopy(base)).eval()
     assert count(q)[1] == count(base)[1]  # packed 4-bit weights still count as the weights they stand for
     rounded = copy.deepcopy(base)
-    layers = [(n, m) for n, m in q.named_modules() if isinstance(m, bnb.nn.Linear4bit)]
+    layers = [(n, m) for n, m in q.named_modules() if isinstance(m, bnb_on_avx512_bf16.nn.Linear4bit)]
     assert len(layers) == 14  # 2 blocks x (q, k, v, o, gate, up, down); the head stays in float
     for name, layer in layers:
         state = layer.weight.quant_state

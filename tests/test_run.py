@@ -61,7 +61,12 @@ def test_ours_and_peft_train_the_same_curve_with_dropout_on_real_minilm(tmp_path
     """With torch's dropout (trainer.cheap_dropout=false) our LoRA layers and PEFT's draw their masks from the
     same generator in the same order, so real MiniLM with dropout 0.1 trains the same curve, step for step.
     (With the cheap masks, the CPU's default, ours draws LoRA's from its own generator and PEFT from torch's:
-    the runs then differ by their masks, as ours and PEFT's rows do in the committed studies.)"""
+    the runs then differ by their masks, as ours and PEFT's rows do in the committed studies.)
+
+    The first loss is computed before any update, while B = 0 adds nothing: only the masks could part it, and
+    other masks move it by about 2e-3. After that the two impls' different order of float operations leaves
+    last-bit differences that AdamW's first steps (which scale each gradient entry to about lr) grow to up to
+    about 5e-5 by step 3, depending on the CPU's kernels; hence the looser bound on the later steps."""
     from lora_lab import config
 
     monkeypatch.setenv("LORA_LAB_ASSETS", str(ASSETS))
@@ -73,7 +78,8 @@ def test_ours_and_peft_train_the_same_curve_with_dropout_on_real_minilm(tmp_path
     ours, peft = (recipe.run(config.compose([*overrides, f"impl={impl}"])) for impl in ("ours", "peft"))
     assert ours["config"]["dropout"] == 0.1 and ours["config"]["trainer"]["cheap_dropout"] is False
     assert len(ours["train_loss_curve"]) == 4 and len(set(ours["train_loss_curve"])) == 4
-    assert ours["train_loss_curve"] == pytest.approx(peft["train_loss_curve"], abs=1e-5)
+    assert ours["train_loss_curve"][0] == peft["train_loss_curve"][0]
+    assert ours["train_loss_curve"] == pytest.approx(peft["train_loss_curve"], abs=2e-4)
     assert ours["eval_loss"] == pytest.approx(peft["eval_loss"], abs=1e-4)
 
 
