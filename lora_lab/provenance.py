@@ -44,8 +44,23 @@ def current() -> dict:
         "git_commit": commit,
         "git_dirty": dirty,
         "python": platform.python_version(),
-        "machine": f"{platform.machine()}, {os.cpu_count()} cpus, {_cpu_bf16()} bf16",
+        "machine": ", ".join(
+            part
+            for part in (platform.machine(), cpu_model(), f"{os.cpu_count()} cpus", f"{_cpu_bf16()} bf16")
+            if part
+        ),
     }
+
+
+def cpu_model(cpuinfo: Path = Path("/proc/cpuinfo")) -> str | None:
+    """The CPU's model name (Linux), so that two hosts alike in cores and bf16 support (an Intel Xeon and an
+    AMD EPYC, say) are not one machine kind when the analysis compares costs on one host."""
+    try:
+        lines = cpuinfo.read_text().splitlines()
+    except OSError:
+        return None
+    names = [line.partition(":")[2].strip() for line in lines if line.startswith("model name")]
+    return names[0] if names and names[0] else None
 
 
 def _version(library: str) -> str | None:

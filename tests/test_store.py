@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 from helpers import experiment_folders
 
-from lora_lab import config, identity, schema
+from lora_lab import config, identity, provenance, schema
 
 
 def name(*overrides: str) -> str:
@@ -104,3 +104,14 @@ def test_fields_outside_the_schema_are_named() -> None:
     schema.Record.check_fields(["name", "accuracy", "data", "load_s"])
     with pytest.raises(ValueError, match=r"unknown record fields \['acuracy'\]: add them to schema.Record"):
         schema.Record.check_fields(["name", "acuracy"])
+
+
+def test_the_machine_names_its_cpu_model(tmp_path) -> None:
+    """Two hosts alike in cores and bf16 support are told apart by the CPU's model name (the first core's)."""
+    cpuinfo = tmp_path / "cpuinfo"
+    cpuinfo.write_text("processor\t: 0\nmodel name\t: Example CPU 9\nflags\t\t: fpu\n\nprocessor\t: 1\n")
+    assert provenance.cpu_model(cpuinfo) == "Example CPU 9"
+    assert provenance.cpu_model(tmp_path / "absent") is None
+    machine = provenance.current()["machine"]
+    model = provenance.cpu_model()
+    assert machine.endswith(" bf16") and (model is None or f", {model}, " in machine)
