@@ -6,6 +6,8 @@ from __future__ import annotations
 
 import json
 import re
+import runpy
+import sys
 import zlib
 from pathlib import Path
 
@@ -558,3 +560,14 @@ def test_the_pareto_front_keeps_the_rows_nothing_beats_on_both_counts() -> None:
         }
     )
     assert list(pareto_front(table, "train_s")["configuration"]) == ["a", "b", "e"]
+
+
+@requires_assets
+def test_the_probe_script_regenerates_its_committed_verdicts(monkeypatch, capsys) -> None:
+    """experiments/imdb_rank_target/probe_vs_head_only.py, run as its docstring says, prints the committed
+    file."""
+    folder = REPO / "results" / "imdb_rank_target" / "cpu_minilm"
+    script = REPO / "experiments" / "imdb_rank_target" / "probe_vs_head_only.py"
+    monkeypatch.setattr(sys, "argv", [str(script), str(folder)])
+    runpy.run_path(str(script), run_name="__main__")
+    assert capsys.readouterr().out == (folder / "probe_vs_head_only.txt").read_text()

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import runpy
 import subprocess
 import sys
 
@@ -13,7 +14,7 @@ import torch
 from conftest import ASSETS, requires_assets
 from helpers import imported, run_module
 
-from lora_lab import config, cost
+from lora_lab import config, cost, methods
 from lora_lab.bench import cli, e2e, timing, variants
 from lora_lab.params import count, frozen_bytes
 
@@ -183,6 +184,24 @@ def test_the_end_to_end_bench_runs_the_baselines_seven_runs() -> None:
     parallel = config.sweep_jobs([*e2e.E2E_SWEEP, *e2e.E2E_PARALLEL, "hydra.launcher.n_jobs=2"])
     assert len(parallel) == 7
     assert {config.compose(job).trainer.num_threads for job in parallel} == {1}  # --jobs: one thread a job
+
+
+@pytest.mark.slow
+@requires_assets
+def test_the_hf_trainer_baseline_script_trains_the_seven_rows(tmp_path, monkeypatch) -> None:
+    """The script `--e2e` times our runner against, run in this process as the bench would run it, on 16
+    reviews: the bench runs it only after hours of our own side, where a broken import would surface late."""
+    sizes = argparse.Namespace(train_size=16, eval_size=16, epochs=1)
+    command = e2e.hf_trainer_script(sizes, ASSETS, str(tmp_path / "baseline.json"))
+    monkeypatch.setattr(sys, "argv", [*command[1:], "--max-length", "32"])  # the last value counts
+    monkeypatch.chdir(tmp_path)
+    runpy.run_path(command[1], run_name="__main__")
+    rows = json.loads((tmp_path / "baseline.json").read_text())["rows"]
+    labels = [
+        methods.row_label(config.compose([f"method={row}"])) for row in config.sweep_rows("imdb_ablation")
+    ]
+    assert [r["label"] for r in rows] == labels and len(labels) == 7
+    assert all(0 <= r["accuracy"] <= 1 for r in rows)
 
 
 @pytest.mark.slow

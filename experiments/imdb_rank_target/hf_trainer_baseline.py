@@ -29,7 +29,7 @@ from transformers import (
 
 from lora_lab import config, methods
 from lora_lab.data import load_imdb, subset
-from lora_lab.models import FAMILIES
+from lora_lab.families import FAMILIES
 
 
 def reference_rows() -> list[tuple[str, str, list[str] | None, int | None]]:

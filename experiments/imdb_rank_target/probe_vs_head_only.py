@@ -8,15 +8,16 @@ python experiments/imdb_rank_target/probe_vs_head_only.py results/imdb_rank_targ
 
 import sys
 
-from lora_lab.analysis import correctness, findings, load_runs, summarize
+from lora_lab.analysis import check, correctness, load_runs, summarize
+from lora_lab.analysis.claims import parse
 
 runs = load_runs(sys.argv[1])
 correct = correctness(runs)
 probe, live = "Classification Head Only (cached features)", "Classification Head Only"
 claims = [
-    findings.parse({"equivalent": {"a": probe, "b": live, "margin_pp": 1.0}}),
-    findings.parse({"better": {"a": probe, "b": live}}),
+    parse({"equivalent": {"a": probe, "b": live, "margin_pp": 1.0}}),
+    parse({"better": {"a": probe, "b": live}}),
 ]
-result = findings.check(claims, summarize(runs, correct), correct)
+result = check(claims, summarize(runs, correct), correct)
 columns = ["claim", "seeds", "examples", "diff_pp", "ci_level", "ci_low", "ci_high", "p_adjusted", "verdict"]
 print(result[columns + ["per_seed_pp"]].to_string(index=False))
