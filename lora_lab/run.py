@@ -76,6 +76,11 @@ def multirun_first(argv: list[str]) -> list[str]:
     return [*flags[:1], *(a for a in argv if a not in flags)]
 
 
+def overrides_of(argv: list[str]) -> list[str]:
+    """The overrides, key=value (or ~key); what else is left is Hydra's flags and their values (--cfg job)."""
+    return [a for a in argv if not a.startswith("-") and ("=" in a or a.startswith("~"))]
+
+
 def cli() -> None:
     """`python -m lora_lab.run`: Hydra's main with user errors as one line on stderr and exit code 2.
 
@@ -86,8 +91,7 @@ def cli() -> None:
     os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")  # hydra/launcher=ray: no usage report home
     try:
         sys.argv = [sys.argv[0], *multirun_first(sys.argv[1:])]
-        # overrides are key=value (or ~key); what else is left is Hydra's flags and their values (--cfg job)
-        arguments = [a for a in sys.argv[1:] if not a.startswith("-") and ("=" in a or a.startswith("~"))]
+        arguments = overrides_of(sys.argv[1:])
         config.check_additions(arguments)
         if {"-m", "--multirun"} & set(sys.argv[1:]):  # every job's settings, before hours of the first ones
             check_sweep(config.sweep_jobs(arguments))

@@ -80,10 +80,46 @@ def test_readme_commands_run_in_order(tmp_path, monkeypatch, capsys) -> None:
     assert len(analysed) == 3
 
 
-@pytest.mark.parametrize("words", [w for w, _ in readme_commands() if w[2] == "lora_lab.run"])
-def test_each_documented_run_composes(words) -> None:
-    """Cheap guard beside the slow walkthrough: every override in the block is a real setting."""
-    from lora_lab import config
+# Where the commands a user copies are: the README, docs/, and each experiment's and study's README.
+DOCUMENTED = [
+    REPO / "README.md",
+    *sorted((REPO / "docs").glob("*.md")),
+    *sorted((REPO / "experiments").glob("*/README.md")),
+    *sorted((REPO / "results").glob("*/*/README.md")),
+]
+PLACEHOLDER = re.compile(r"[$<>]|^[A-Z_]+$")  # $ROWS, <variant>, OUT
 
-    overrides = [w for w in words[3:] if w != "-m" and "," not in w]
-    config.compose(overrides)
+
+def documented_runs() -> list[list[str]]:
+    """The arguments of every `python -m lora_lab.run` line in a bash block of DOCUMENTED (continued lines
+    joined, comments dropped), once each; lines with a placeholder to fill in are left out."""
+    runs: dict[tuple[str, ...], None] = {}
+    for path in DOCUMENTED:
+        for block in re.findall(r"```(?:bash|sh)?\n(.*?)```", path.read_text(), re.S):
+            for line in re.sub(r"\\\n\s*", " ", block).splitlines():
+                if not line.startswith("python -m lora_lab.run "):
+                    continue
+                words = shlex.split(line.partition(" #")[0])
+                if not any(map(PLACEHOLDER.search, words)):
+                    runs.setdefault(tuple(words[3:]), None)
+    return [list(words) for words in runs]
+
+
+@pytest.mark.parametrize("arguments", documented_runs(), ids=lambda words: " ".join(words)[:80])
+def test_each_documented_run_passes_the_runners_checks(arguments) -> None:
+    """Cheap guard beside the slow walkthrough: every job of every documented command composes (its overrides
+    are real settings, added with + where Hydra needs it) and passes the settings checks, as the runner checks
+    them before it trains (model shapes aside: some name a Hub model)."""
+    from lora_lab import checks, config, run
+
+    argv = run.multirun_first(arguments)
+    overrides = run.overrides_of(argv)
+    config.check_additions(overrides)
+    jobs = config.sweep_jobs(overrides) if "-m" in argv else [config.without_hydra(overrides)]
+    for cfg in config.compose_jobs(jobs):
+        checks.check(cfg)
+
+
+def test_the_documented_runs_are_found() -> None:
+    runs = documented_runs()
+    assert len(runs) >= 20 and ["experiment=smoke", "results_dir=outputs"] in runs
