@@ -96,7 +96,7 @@ def documented_runs() -> list[list[str]]:
     runs: dict[tuple[str, ...], None] = {}
     for path in DOCUMENTED:
         for block in re.findall(r"```(?:bash|sh)?\n(.*?)```", path.read_text(), re.S):
-            for line in re.sub(r"\\\n\s*", " ", block).splitlines():
+            for line in map(str.strip, re.sub(r"\\\n\s*", " ", block).splitlines()):  # blocks in lists indent
                 if not line.startswith("python -m lora_lab.run "):
                     continue
                 words = shlex.split(line.partition(" #")[0])
